@@ -1,0 +1,90 @@
+"""The callback protocol: Keras's hooks, logs aggregated over every replica and worker, and a
+context through which a callback asks the trainer for collective decisions."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class CallbackContext(Protocol):
+    """What a callback may know about the run and ask of the trainer (built by the trainer).
+
+    Every value is identical on every worker except `is_chief` and `worker_index`. Requests
+    are collected at the next decision point (after the batch or epoch hooks) and agreed
+    across workers: if any worker asks to stop, all stop at the same step.
+    """
+
+    is_chief: bool
+    worker_index: int
+    num_workers: int
+    num_replicas: int
+    model: Any
+    optimizer: Any
+    model_dir: str | None
+    epochs: int
+    steps_per_epoch: int
+    steps_per_execution: int
+    global_batch_size: int
+    global_step: int
+    epoch: int
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step uses (schedule x plateau factor)."""
+
+    def set_learning_rate(self, value: float) -> None:
+        """Sets the base learning rate (the chief's value wins); with a per-step schedule active,
+        scales the schedule instead, so plateau reductions compose with schedules."""
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Multiplies the learning rate by `factor` from now on (the chief's value wins)."""
+
+    def request_stop(self, reason: str) -> None:
+        """Asks every worker to stop after the current decision point; `reason` lands in summary.json."""
+
+    def request_save(self, callback: Callback) -> None:
+        """Asks every worker to call `callback.on_save()` at the current decision point."""
+
+    def save_weights(self, path: str) -> None:
+        """Writes a `tf.train.Checkpoint(model=...)` at `path` (chief) or a discarded temporary (others)."""
+
+    def save_model(self, path: str) -> None:
+        """Writes the whole model as a `.keras` file at `path` on the chief; a no-op elsewhere."""
+
+
+class Callback:
+    """Base class for callbacks: override the hooks you need.
+
+    Logs are dicts of Python floats aggregated over all replicas and workers (identical on
+    every worker). Batch hooks fire once per `steps_per_execution` loop with the global step;
+    they receive metric logs only when some callback's `wants_batch_logs(step)` is true,
+    because reading metrics costs a host sync (and an all-reduce across workers).
+    """
+
+    context: CallbackContext
+
+    def set_context(self, context: CallbackContext) -> None:
+        self.context = context
+
+    def wants_batch_logs(self, step: int) -> bool:
+        """Whether the batch hooks ending at global `step` need metric logs. Must agree on every worker."""
+        return False
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_begin(self, step: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_end(self, step: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_end(self, logs: dict[str, float] | None = None) -> None: ...
+
+    def on_save(self) -> None:
+        """Runs on every worker when a `context.request_save(self)` was agreed."""
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable state to checkpoint with the training state (for exact resume)."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what `get_state` returned."""

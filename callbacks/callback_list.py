@@ -1,0 +1,57 @@
+"""Dispatches the hooks to a list of callbacks and gathers their checkpointable state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from absl import logging
+
+from callbacks.base import Callback, CallbackContext
+
+
+class CallbackList:
+    """Calls each hook on every callback, in order; itself not a `Callback` so it cannot be nested by mistake."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"{cb!r} is not a callbacks.Callback; subclass callbacks.Callback "
+                                "(or wrap functions in callbacks.LambdaCallback)")
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+    def set_context(self, context: CallbackContext) -> None:
+        for cb in self.callbacks:
+            cb.set_context(context)
+
+    def wants_batch_logs(self, step: int) -> bool:
+        return any(cb.wants_batch_logs(step) for cb in self.callbacks)
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def on_train_begin(self, logs=None): self._call("on_train_begin", logs)
+    def on_train_end(self, logs=None): self._call("on_train_end", logs)
+    def on_epoch_begin(self, epoch, logs=None): self._call("on_epoch_begin", epoch, logs)
+    def on_epoch_end(self, epoch, logs=None): self._call("on_epoch_end", epoch, logs)
+    def on_train_batch_begin(self, step, logs=None): self._call("on_train_batch_begin", step, logs)
+    def on_train_batch_end(self, step, logs=None): self._call("on_train_batch_end", step, logs)
+    def on_test_begin(self, logs=None): self._call("on_test_begin", logs)
+    def on_test_end(self, logs=None): self._call("on_test_end", logs)
+
+    def _keys(self) -> list[str]:
+        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+
+    def get_state(self) -> dict[str, Any]:
+        return {key: cb.get_state() for key, cb in zip(self._keys(), self.callbacks)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for key, cb in zip(self._keys(), self.callbacks):
+            if key in state:
+                cb.set_state(state[key])
+            else:
+                logging.warning("No saved state for callback %s: it starts fresh on resume.", key)

@@ -1,0 +1,28 @@
+"""History: the per-epoch logs of a run, checkpointed so a resumed run keeps its past."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callbacks.base import Callback
+
+
+class History(Callback):
+    """Records `history[name]` lists and `epoch` indices, like `keras.callbacks.History`."""
+
+    def __init__(self):
+        self.epoch: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, [None] * (len(self.epoch) - 1)).append(value)
+        for values in self.history.values():  # a metric absent this epoch gets a hole, not a shift
+            values.extend([None] * (len(self.epoch) - len(values)))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "history": self.history}
+
+    def set_state(self, state):
+        self.epoch, self.history = list(state["epoch"]), {k: list(v) for k, v in state["history"].items()}

@@ -1,0 +1,131 @@
+"""Builds the `tf.distribute` strategy a run asks for, with clear errors when it cannot."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+import tensorflow as tf
+from absl import logging
+from tensorflow.python.distribute import collective_all_reduce_strategy as _collective
+
+from harness.cluster import load_tf_config
+from harness.errors import SetupError, UsageError
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def configure_cpu_devices(num_cpu_devices: int | None) -> int:
+    """Splits the CPU into logical devices so that CPU-only hosts can test several replicas.
+
+    Must run before TensorFlow initialises its devices. Ignored, with a warning, on hosts
+    with GPUs. Returns the number of logical CPU devices available afterwards.
+    """
+    if num_cpu_devices is None:
+        return len(tf.config.list_logical_devices("CPU"))
+    if num_cpu_devices < 1:
+        raise UsageError(f"--num_cpu_devices must be >= 1, got {num_cpu_devices}")
+    if tf.config.list_physical_devices("GPU"):
+        logging.warning("--num_cpu_devices=%d ignored: this host has GPUs, which are used as replicas.",
+                        num_cpu_devices)
+        return len(tf.config.list_logical_devices("CPU"))
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    configured = tf.config.get_logical_device_configuration(cpu)
+    if configured is not None and len(configured) >= num_cpu_devices:
+        return len(configured)
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have >= num_cpu_devices:
+            return have
+        raise UsageError(f"cannot split the CPU into {num_cpu_devices} devices: TensorFlow is already "
+                         f"initialised with {have}; call configure_cpu_devices() before using TensorFlow") from None
+    return num_cpu_devices
+
+
+def _replica_devices(num_cpu_devices: int | None) -> list[str]:
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return cpus[:num_cpu_devices] if num_cpu_devices else cpus
+
+
+class _CPUReplicasExtended(_collective.CollectiveAllReduceExtended):
+    """Uses every logical CPU of a worker as a replica (stock MWMS uses one CPU per worker).
+
+    Only for testing a multi-worker job with several replicas per worker on CPU-only hosts.
+    """
+
+    def _initialize_local_devices(self, cluster_resolver, worker_device):
+        num_cpus = len(tf.config.list_logical_devices("CPU"))
+        return tuple(f"{worker_device}/device:CPU:{i}" for i in range(num_cpus)), "CPU"
+
+
+class _CPUReplicasMultiWorkerStrategy(_collective.CollectiveAllReduceStrategy):
+    def __init__(self, communication_options: tf.distribute.experimental.CommunicationOptions):
+        tf.distribute.Strategy.__init__(self, _CPUReplicasExtended(
+            self, cluster_resolver=None, communication_options=communication_options))
+
+
+def _multi_worker(num_cpu_devices: int | None, collective_timeout_s: float | None) -> tf.distribute.Strategy:
+    load_tf_config()
+    if collective_timeout_s is not None and collective_timeout_s <= 0:
+        raise UsageError(f"--collective_timeout_s must be > 0, got {collective_timeout_s}")
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    if num_cpu_devices and num_cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
+        return _CPUReplicasMultiWorkerStrategy(options)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _check_tpu_address_reachable(tpu: str) -> None:
+    parsed = urlparse(tpu)
+    if parsed.scheme != "grpc":
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 8470), timeout=5).close()
+    except OSError as e:
+        raise SetupError(f"cannot reach the TPU at {tpu} ({e.strerror or e}); check the address "
+                         "and that the TPU is up, or use --tpu=local on a TPU VM") from None
+
+
+def _tpu(tpu: str | None) -> tf.distribute.Strategy:
+    if not tpu:
+        raise UsageError("--strategy=tpu needs --tpu: 'local' on a TPU VM, a TPU name, or grpc://host:port")
+    _check_tpu_address_reachable(tpu)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as e:  # TensorFlow raises many unrelated types for "no TPU here".
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SetupError(f"no TPU found for --tpu={tpu} ({type(e).__name__}: {first_line}); run on a "
+                         "Cloud TPU VM, or pick another --strategy (e.g. mirrored) on this machine") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | None = None,
+                   collective_timeout_s: float | None = None) -> tf.distribute.Strategy:
+    """Returns the strategy called `name` (one of `STRATEGIES`).
+
+    `num_cpu_devices` splits a GPU-less host's CPU into that many replicas (mirrored, and
+    multi_worker_mirrored per worker); `tpu` is 'local', a TPU name or a grpc:// address;
+    `collective_timeout_s` bounds every multi-worker collective, so a lost peer fails the
+    job instead of hanging it.
+    """
+    if name not in STRATEGIES:
+        raise UsageError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if num_cpu_devices is not None:
+        configure_cpu_devices(num_cpu_devices)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(_replica_devices(1)[0])
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(_replica_devices(num_cpu_devices))
+    if name == "multi_worker_mirrored":
+        return _multi_worker(num_cpu_devices, collective_timeout_s)
+    return _tpu(tpu)
