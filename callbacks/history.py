@@ -21,6 +21,10 @@ class History(Callback):
         for values in self.history.values():  # a metric absent this epoch gets a hole, not a shift
             values.extend([None] * (len(self.epoch) - len(values)))
 
+    def last_logs(self) -> dict[str, float]:
+        """The newest epoch's logs (empty before the first epoch ends)."""
+        return {k: v[-1] for k, v in self.history.items() if v and v[-1] is not None}
+
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "history": self.history}
 

@@ -31,6 +31,9 @@ class TrainerContext:
     steps_per_execution = property(lambda self: self._trainer.steps_per_execution)
     global_batch_size = property(lambda self: self._trainer.global_batch_size)
     global_step = property(lambda self: self._trainer.step)
+    stop_reason = property(lambda self: self._trainer.stop_reason)
+    history = property(lambda self: self._trainer.history)
+    callbacks = property(lambda self: self._trainer.callbacks.callbacks)
 
     @property
     def learning_rate(self) -> float:

@@ -209,21 +209,30 @@ def prepare_tfds(name: str, data_dir: str | None = None, *, download: bool = Fal
     return _prepare(name, data_dir, download)
 
 
-def _eval_split(builder: tfds.core.DatasetBuilder) -> str | None:
-    splits = builder.info.splits
-    return next((s for s in ("validation", "test") if s in splits), None)
+def _split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+    """Example counts per split, from the metadata; counted when a builder has none (mocked data)."""
+    if builder.info.splits:
+        return {name: split.num_examples for name, split in builder.info.splits.items()}
+    sizes = {}
+    for name in ("train", "validation", "test"):
+        try:
+            sizes[name] = int(builder.as_dataset(split=name).reduce(0, lambda n, _: n + 1))
+        except (ValueError, KeyError, tf.errors.OpError):
+            continue
+    return sizes
 
 
 def tfds_source(builder: tfds.core.DatasetBuilder) -> DataSource:
-    """A `DataSource` over a prepared TFDS builder with supervised keys (image, label)."""
+    """A `DataSource` over a prepared TFDS builder with supervised keys (features, label)."""
     info = builder.info
     if not info.supervised_keys:
         raise UsageError(f"data set {info.name!r} has no supervised (features, label) keys; the harness "
                          "trains classifiers on supervised data sets such as digits or mnist")
     feature_key, label_key = info.supervised_keys
-    if "train" not in info.splits:
+    sizes = _split_sizes(builder)
+    if "train" not in sizes:
         raise UsageError(f"data set {info.name!r} has no 'train' split")
-    eval_split = _eval_split(builder)
+    eval_split = next((s for s in ("validation", "test") if s in sizes), None)
 
     def examples(split):
         read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
@@ -234,8 +243,8 @@ def tfds_source(builder: tfds.core.DatasetBuilder) -> DataSource:
         name=info.name,
         train_examples=examples("train"),
         eval_examples=examples(eval_split) if eval_split else None,
-        num_train_examples=info.splits["train"].num_examples,
-        num_eval_examples=info.splits[eval_split].num_examples if eval_split else 0,
+        num_train_examples=sizes["train"],
+        num_eval_examples=sizes.get(eval_split, 0),
         input_shape=tuple(info.features[feature_key].shape),
         num_classes=info.features[label_key].num_classes,
     )

@@ -53,6 +53,22 @@ def _replica_devices(num_cpu_devices: int | None) -> list[str]:
     return cpus[:num_cpu_devices] if num_cpu_devices else cpus
 
 
+class _MirroredStrategy(tf.distribute.MirroredStrategy):
+    """MirroredStrategy whose collective keys never collide with an earlier one's in this process.
+
+    Every stock MirroredStrategy numbers its collectives from the same key, and TensorFlow
+    caches collectives by key: a second strategy in one process (a notebook, a test suite)
+    then fails with "Shape mismatch in the collective instance".
+    """
+
+    _created = 0
+
+    def __init__(self, devices: list[str]):
+        _MirroredStrategy._created += 1
+        self._collective_key_base = _MirroredStrategy._created * 1_000_000
+        super().__init__(devices)
+
+
 class _CPUReplicasExtended(_collective.CollectiveAllReduceExtended):
     """Uses every logical CPU of a worker as a replica (stock MWMS uses one CPU per worker).
 
@@ -125,7 +141,7 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(_replica_devices(1)[0])
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(_replica_devices(num_cpu_devices))
+        return _MirroredStrategy(_replica_devices(num_cpu_devices))
     if name == "multi_worker_mirrored":
         return _multi_worker(num_cpu_devices, collective_timeout_s)
     return _tpu(tpu)

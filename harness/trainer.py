@@ -47,6 +47,15 @@ def _check_created_in_scope(strategy: tf.distribute.Strategy, model: keras.Model
                              "build the model inside `with strategy.scope():`")
 
 
+def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:
+    if strategy.num_replicas_in_sync == 1:
+        return
+    devices = strategy.extended.worker_devices
+    if len(devices) > 1 and all("CPU" in d.upper() for d in devices):
+        raise UsageError("--jit_compile cannot run several replicas on logical CPU devices (XLA compiles "
+                         "them all for CPU:0); use it with one CPU replica, or on GPUs or TPUs")
+
+
 class Trainer:
     """Trains a Keras model with a `tf.distribute` strategy and strategy-aware callbacks.
 
@@ -67,6 +76,8 @@ class Trainer:
         self.global_batch_size, self.steps_per_execution = global_batch_size, steps_per_execution
         self.jit_compile, self.model_dir = jit_compile, model_dir
         self.cluster = ClusterInfo.from_strategy(strategy)
+        if jit_compile:
+            _check_xla_devices(strategy)
         if global_batch_size % self.cluster.num_replicas:
             from harness.data import per_replica_batch_size  # pylint: disable=import-outside-toplevel
             per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # raises the clear error

@@ -1,0 +1,50 @@
+"""RunSummary: `summary.json`, the machine-readable outcome of a run, written by the chief."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+
+from callbacks.base import Callback
+from harness.checkpointing import write_json
+
+
+def _json_number(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class RunSummary(Callback):
+    """Rewrites `<model_dir>/summary.json` atomically after every epoch and at the end (chief only).
+
+    It holds the strategy and cluster shape, the global step, epochs completed, the stop
+    reason, the per-epoch history, the final metrics and, for each callback that monitors a
+    metric, the best value and its epoch. Non-finite values are written as null.
+    """
+
+    def __init__(self, strategy_name: str, extra: dict[str, Any] | None = None):
+        self.strategy_name, self.extra = strategy_name, dict(extra or {})
+
+    def _payload(self, final_logs: dict[str, float]) -> dict[str, Any]:
+        c = self.context
+        history = {k: [_json_number(v) for v in vs] for k, vs in c.history.history.items()}
+        best = {type(cb).__name__: {"monitor": cb.monitor, "value": _json_number(cb.best_value),
+                                    "epoch": cb.best_epoch}
+                for cb in c.callbacks if getattr(cb, "best_epoch", None) is not None}
+        return {**self.extra, "strategy": self.strategy_name, "num_replicas": c.num_replicas,
+                "num_workers": c.num_workers, "global_batch_size": c.global_batch_size,
+                "global_step": c.global_step, "epochs_completed": len(c.history.epoch),
+                "stop_reason": c.stop_reason, "history": history,
+                "final_metrics": {k: _json_number(v) for k, v in final_logs.items()}, "best": best}
+
+    def _write(self, logs) -> None:
+        if self.context.is_chief and self.context.model_dir:
+            tf.io.gfile.makedirs(self.context.model_dir)
+            write_json(f"{self.context.model_dir}/summary.json", self._payload(logs or {}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write(logs)
+
+    def on_train_end(self, logs=None):
+        self._write(logs or self.context.history.last_logs())

@@ -1,0 +1,110 @@
+"""One training run from plain settings: what `scripts/train.py` does, callable from Python.
+
+`RunConfig` mirrors the command-line flags one to one; `run(config)` builds the strategy,
+data, model, trainer and callbacks, trains, and returns the summary that the chief also
+writes to `<model_dir>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from callbacks.base import Callback
+from callbacks.run_summary import RunSummary
+from harness.cluster import ClusterInfo
+from harness.data import DEFAULT_DATASET, EvalInput, TrainInput, load_source, per_replica_batch_size
+from harness.errors import UsageError
+from harness.models import build_model, build_optimizer
+from harness.strategy import build_strategy
+from harness.trainer import Trainer
+
+MIXED_PRECISION = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run; each field is the `scripts/train.py` flag of the same name."""
+
+    strategy: str = "mirrored"
+    num_cpu_devices: int | None = None
+    tpu: str | None = None
+    collective_timeout_s: float | None = None
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    download_data: bool = False
+    global_batch_size: int = 64
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    model: str = "mlp"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    steps_per_execution: int = 1
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    model_dir: str = "runs/default"
+    max_to_keep: int = 3
+
+    def validate(self) -> None:
+        for name in ("epochs", "steps_per_execution", "global_batch_size", "max_to_keep"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch < 0:
+            raise UsageError(f"--steps_per_epoch must be >= 0 (0 means one pass), got {self.steps_per_epoch}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"unknown --mixed_precision={self.mixed_precision!r}; "
+                             f"choose one of {', '.join(MIXED_PRECISION)}")
+        if not self.model_dir:
+            raise UsageError("--model_dir must not be empty")
+
+
+def build_callbacks(config: RunConfig) -> list[Callback]:
+    """The callbacks the flags ask for (TensorBoard, CSV, checkpoints, progress, ...)."""
+    return [RunSummary(config.strategy)]
+
+
+def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Trains as `config` says; returns the run summary (also in `<model_dir>/summary.json`)."""
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,
+                              collective_timeout_s=config.collective_timeout_s)
+    cluster = ClusterInfo.from_strategy(strategy)
+    per_replica_batch_size(config.global_batch_size, cluster.num_replicas)
+    logging.info("Strategy %s: %d worker(s), %d replica(s); this is worker %d%s.", config.strategy,
+                 cluster.num_workers, cluster.num_replicas, cluster.worker_index, " (chief)" if cluster.is_chief else "")
+    source = load_source(config.dataset, config.data_dir, download=config.download_data,
+                         is_chief=cluster.is_chief, num_workers=cluster.num_workers)
+    train = TrainInput(source.train_examples, source.num_train_examples, config.global_batch_size, seed=config.seed)
+    evaluation = (EvalInput(source.eval_examples, source.num_eval_examples, config.global_batch_size)
+                  if source.eval_examples is not None else None)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(MIXED_PRECISION[config.mixed_precision])
+    try:
+        with strategy.scope():
+            model = build_model(config.model, source.input_shape, source.num_classes)
+            optimizer = build_optimizer(config.optimizer, config.learning_rate)
+        trainer = Trainer(strategy, model, optimizer,
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                          global_batch_size=config.global_batch_size, steps_per_execution=config.steps_per_execution,
+                          jit_compile=config.jit_compile, model_dir=config.model_dir,
+                          checkpoint_max_to_keep=config.max_to_keep)
+        run_callbacks = [*build_callbacks(config), *(callbacks or [])]
+        trainer.fit(train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch or train.steps_per_pass,
+                    validation_data=evaluation, validation_steps=evaluation.steps if evaluation else None,
+                    callbacks=run_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    summary = next(cb for cb in run_callbacks if isinstance(cb, RunSummary))._payload(trainer.history.last_logs())
+    logging.info("Finished: %s", json.dumps({k: summary[k] for k in ("global_step", "epochs_completed",
+                                                                      "stop_reason", "final_metrics")}))
+    return summary

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Trains a model with a tf.distribute strategy and strategy-aware callbacks.
+
+  python scripts/train.py --strategy=mirrored --num_cpu_devices=2 --model_dir=runs/digits
+
+Every flag is a field of `harness.run.RunConfig`; see README.md for the list and outputs.
+Exit codes: 0 success, 1 failure, 2 usage error (bad flag or TF_CONFIG).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags, logging  # noqa: E402
+
+from harness import run as run_lib  # noqa: E402
+from harness.errors import SetupError, UsageError  # noqa: E402
+from harness.strategy import STRATEGIES  # noqa: E402
+
+_D = run_lib.RunConfig()
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_integer("num_cpu_devices", None, "Split a GPU-less host's CPU into this many replicas.")
+flags.DEFINE_string("tpu", None, "TPU for --strategy=tpu: 'local', a name, or grpc://host:port.")
+flags.DEFINE_float("collective_timeout_s", None, "Fail a multi-worker collective after this many seconds.")
+flags.DEFINE_string("dataset", _D.dataset, "'digits' (offline, default), 'synthetic', or a TFDS name.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets).")
+flags.DEFINE_bool("download_data", _D.download_data, "Let TFDS download a catalog data set (needs network).")
+flags.DEFINE_integer("global_batch_size", _D.global_batch_size, "Batch size summed over all replicas.")
+flags.DEFINE_integer("epochs", _D.epochs, "Number of epochs.")
+flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Steps per epoch; 0 means one pass over the data.")
+flags.DEFINE_enum("model", _D.model, ["mlp", "cnn", "resnet"], "Model architecture.")
+flags.DEFINE_enum("optimizer", _D.optimizer, ["sgd", "momentum", "adam", "adamw", "rmsprop"], "Optimizer.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Base learning rate.")
+flags.DEFINE_integer("steps_per_execution", _D.steps_per_execution, "Steps per compiled loop call (K).")
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(run_lib.MIXED_PRECISION), "Mixed precision policy.")
+flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the step with XLA.")
+flags.DEFINE_integer("seed", _D.seed, "Seed for weights and data order.")
+flags.DEFINE_bool("deterministic", _D.deterministic, "Enable TensorFlow op determinism (bitwise reproducible).")
+flags.DEFINE_string("model_dir", _D.model_dir, "Where checkpoints, logs and summary.json go (gs:// works).")
+flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "Training checkpoints to keep.")
+
+
+def config_from_flags() -> run_lib.RunConfig:
+    return run_lib.RunConfig(**{f.name: getattr(FLAGS, f.name) for f in run_lib.dataclasses.fields(run_lib.RunConfig)})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run_lib.run(config_from_flags())
+    except UsageError as e:
+        logging.error("Usage error: %s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SetupError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --help to see the flags.", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
