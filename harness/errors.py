@@ -10,6 +10,10 @@ Both messages say what to do about it.
 class UsageError(ValueError):
     """An invalid argument, flag or environment setting; the message names the fix."""
 
+    ag_pass_through = True  # raised while tracing: AutoGraph re-raises it unchanged
+
 
 class SetupError(RuntimeError):
     """A valid request that this machine or cluster cannot carry out; the message says why."""
+
+    ag_pass_through = True

@@ -1,0 +1,135 @@
+"""The K-step loop, retracing, mixed precision, and the trainer's clear errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from harness import TrainInput, Trainer, UsageError
+from tests.conftest import SPARSE_CE, make_trainer, strategy
+
+
+def train_input(source, batch=32, seed=0):
+    return TrainInput(source.train_examples, source.num_train_examples, batch, seed=seed)
+
+
+def test_steps_per_execution_1_and_8_give_the_same_weights_with_2_replicas(digits):
+    final = []
+    for k in (1, 8):
+        trainer = make_trainer(strategy("mirrored", 2), digits, optimizer="adam", learning_rate=1e-3,
+                               steps_per_execution=k)
+        trainer.fit(train_input(digits), epochs=2, steps_per_epoch=12)  # 12 = 8 + 4: a short last call
+        assert trainer.step == 24 and int(trainer.global_step.numpy()) == 24
+        final.append([v.numpy() for v in trainer.model.trainable_variables])
+    for a, b in zip(*final):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_changing_k_or_the_epoch_never_retraces(digits):
+    trainer = make_trainer(strategy("mirrored", 2), digits, steps_per_execution=8)
+    data = train_input(digits)
+    trainer.fit(data, epochs=2, steps_per_epoch=12)  # calls with K=8 and K=4
+    trainer.steps_per_execution = 3
+    trainer.fit(data, epochs=4, steps_per_epoch=12)  # two more epochs with K=3
+    assert trainer.step == 48
+    assert trainer.train_loop_traces == 1
+
+
+def test_bfloat16_mixed_precision_trains(digits):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trainer = make_trainer(strategy("mirrored", 2), digits, optimizer="adam", learning_rate=3e-3)
+        assert trainer.model.layers[1].compute_dtype == "bfloat16"
+        history = trainer.fit(train_input(digits), epochs=3, steps_per_epoch=20)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_float16_skips_a_step_when_any_replica_overflows(digits):
+    """Keras's LossScaleOptimizer takes "finite?" from the first replica only; the trainer makes it global."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        trainer = make_trainer(strategy("mirrored", 2), digits, optimizer="sgd", learning_rate=0.1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    normal = np.ones([16, 8, 8, 1], np.float32)
+    huge = np.full([16, 8, 8, 1], 6e4, np.float32)  # overflows float16 activations on the second replica only
+    labels = np.zeros([16], np.int32)
+
+    def data(ctx):  # one pipeline feeds replica 0 then replica 1
+        return tf.data.Dataset.from_tensor_slices((np.stack([normal, huge]), np.stack([labels, labels]))).repeat()
+
+    before = [v.numpy() for v in trainer.model.trainable_variables]
+    scale = float(trainer.optimizer.dynamic_scale.numpy())
+    trainer.fit(data, epochs=1, steps_per_epoch=1)
+    after = [v.numpy() for v in trainer.model.trainable_variables]
+    assert all(np.isfinite(a).all() for a in after)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)  # the step was skipped on both replicas
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+def test_float16_trains_normally(digits):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        trainer = make_trainer(strategy("mirrored", 2), digits, optimizer="adam", learning_rate=3e-3)
+        history = trainer.fit(train_input(digits), epochs=3, steps_per_epoch=20)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_model_built_outside_the_scope_is_refused(digits):
+    s = strategy("mirrored", 2)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    with s.scope():
+        optimizer = keras.optimizers.SGD(0.1)
+    with pytest.raises(UsageError, match="not created under strategy.scope"):
+        Trainer(s, model, optimizer, SPARSE_CE, global_batch_size=32)
+
+
+def test_a_loss_that_averages_is_refused(digits):
+    s = strategy("default")
+    with s.scope():
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        optimizer = keras.optimizers.SGD(0.1)
+    trainer = Trainer(s, model, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      global_batch_size=32)
+    with pytest.raises(UsageError, match="must return per-example losses"):
+        trainer.fit(train_input(digits), epochs=1, steps_per_epoch=1)
+
+
+def test_indivisible_batch_and_bad_k_are_refused(digits):
+    with pytest.raises(UsageError, match="does not split evenly over 4 replicas"):
+        make_trainer(strategy("mirrored", 4), digits, global_batch_size=30)
+    with pytest.raises(UsageError, match="steps_per_execution must be >= 1"):
+        make_trainer(strategy("default"), digits, steps_per_execution=0)
+
+
+def test_custom_train_step_by_subclassing(digits):
+    class ClippedTrainer(Trainer):
+        """Clips the all-reduced gradient norm: the README's custom-step example."""
+
+        def train_step(self, batch):
+            features, labels = batch
+            with tf.GradientTape() as tape:
+                logits = self.model(features, training=True)
+                per_example_loss = self.loss(labels, logits)
+                loss = self.compute_loss(per_example_loss)
+            grads = tape.gradient(loss, self.model.trainable_variables)
+            grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+            grads, _ = tf.clip_by_global_norm(grads, 0.01)
+            self.optimizer.apply(grads, self.model.trainable_variables)
+            self.update_metrics(self.train_metrics, labels, logits, per_example_loss, None)
+            self.calls += 1
+
+    trainer = make_trainer(strategy("default"), digits, trainer_cls=ClippedTrainer, learning_rate=1.0)
+    trainer.calls = 0
+    before = [v.numpy() for v in trainer.model.trainable_variables]
+    trainer.fit(train_input(digits), epochs=1, steps_per_epoch=1)
+    moved = np.sqrt(sum(((a - v.numpy()) ** 2).sum() for a, v in zip(before, trainer.model.trainable_variables)))
+    assert trainer.calls == 1  # traced once
+    assert moved == pytest.approx(0.01, rel=1e-3)  # lr 1.0 x clipped norm 0.01
