@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 class TrainerContext:
     """Implements `callbacks.CallbackContext` for one `Trainer.fit` call."""
 
-    def __init__(self, trainer: Trainer, *, epochs: int, steps_per_epoch: int):
+    def __init__(self, trainer: Trainer, *, epochs: int, steps_per_epoch: int, has_validation: bool):
         self._trainer = trainer
-        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.epochs, self.steps_per_epoch, self.has_validation = epochs, steps_per_epoch, has_validation
         self.epoch = 0
         self.votes = Votes()
 
@@ -34,6 +34,20 @@ class TrainerContext:
     stop_reason = property(lambda self: self._trainer.stop_reason)
     history = property(lambda self: self._trainer.history)
     callbacks = property(lambda self: self._trainer.callbacks.callbacks)
+    step_in_epoch = property(lambda self: self._trainer.step_in_epoch)
+    epochs_completed = property(lambda self: self._trainer.epoch)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every name a log of this trainer can have."""
+        names = self._trainer.train_metrics.names
+        return (*names, *(f"val_{n}" for n in names), "lr")
+
+    @property
+    def logged_names(self) -> tuple[str, ...]:
+        """The names this run's epoch logs have (no `val_*` without validation data)."""
+        names = self._trainer.train_metrics.names
+        return (*names, *(f"val_{n}" for n in names if self.has_validation), "lr")
 
     @property
     def learning_rate(self) -> float:
@@ -62,7 +76,15 @@ class TrainerContext:
         self.votes.savers.add(0)
 
     def save_weights(self, path: str) -> str | None:
+        if not self._trainer.weights_are_finite():
+            return None
         return write_checkpoint(self._trainer.weights_checkpoint, path, is_chief=self.is_chief)
 
     def save_model(self, path: str) -> str | None:
+        if not self._trainer.weights_are_finite():
+            return None
         return save_keras_model(self._trainer.model, path, is_chief=self.is_chief)
+
+    def restore_weights(self, path: str) -> None:
+        """Loads model weights written by `save_weights` (on every worker)."""
+        self._trainer.weights_checkpoint.read(path).expect_partial()

@@ -30,7 +30,6 @@ from harness.learning_rate import LearningRate, Schedule
 from harness.metrics import MeanMetrics, MetricFn, sparse_categorical_accuracy
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-NAN_STOP_REASON = "non-finite loss"
 
 
 def unpack(batch) -> tuple[Any, Any, Any]:
@@ -241,10 +240,24 @@ class Trainer:
                 self.callbacks.callbacks[saver - 1].on_save()
         return decision
 
+    def weights_are_finite(self) -> bool:
+        """False when any model weight is NaN or infinite (then nothing is saved); identical on every worker."""
+        finite = bool(self._all_finite())
+        if not finite:
+            logging.warning("Not saving at step %d: the model has non-finite weights.", self.step)
+        return finite
+
+    @tf.function
+    def _all_finite(self):
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables])
+
     def save_checkpoint(self) -> str | None:
-        """Saves the training state (every worker must call this at the same step)."""
-        if self.checkpointer is None or self.stop_reason == NAN_STOP_REASON:
-            return None  # never overwrite the last good checkpoint with non-finite weights
+        """Saves the training state (every worker must call this at the same step).
+
+        Never overwrites the last good checkpoint with non-finite weights.
+        """
+        if self.checkpointer is None or not self.weights_are_finite():
+            return None
         return self.checkpointer.save(self.step)
 
     def _restore(self) -> None:
@@ -256,8 +269,8 @@ class Trainer:
         self.step = int(self.global_step.numpy())
         if self._restored_callback_state is not None:
             self.callbacks.set_state(self._restored_callback_state)
-        logging.info("Resumed from %s at step %d (epoch %d, step %d in epoch).",
-                     path, self.step, self.epoch, self.step_in_epoch)
+        logging.warning("Resuming from %s at step %d (epoch %d, step %d of the epoch).",
+                        path, self.step, self.epoch + 1, self.step_in_epoch)
 
     # ----- public loops ---------------------------------------------------------------------------
 
@@ -285,11 +298,12 @@ class Trainer:
 
     def fit(self, train_data: DatasetFn, *, epochs: int, steps_per_epoch: int,
             validation_data: DatasetFn | None = None, validation_steps: int | None = None,
-            callbacks: Sequence[Callback] = ()) -> History:
+            callbacks: Sequence[Callback] = (), resume: bool = True) -> History:
         """Trains for `epochs` epochs of `steps_per_epoch` steps, resuming from `model_dir` if it has a checkpoint.
 
         `train_data(input_context[, start_step])` returns this input pipeline's per-replica
         batches, endlessly (see `harness.data.TrainInput`, which can start mid-stream).
+        With `resume` (the default) it continues from the newest checkpoint in model_dir.
         """
         if epochs < 1 or steps_per_epoch < 1:
             raise UsageError(f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
@@ -299,12 +313,15 @@ class Trainer:
         self._decision_maker = DecisionMaker(
             self.strategy, num_workers=self.cluster.num_workers, worker_index=self.cluster.worker_index,
             is_chief=self.cluster.is_chief, num_savers=1 + len(self.callbacks.callbacks))
-        context = TrainerContext(self, epochs=epochs, steps_per_epoch=steps_per_epoch)
+        context = TrainerContext(self, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                 has_validation=validation_data is not None)
         self.callbacks.set_context(context)
-        self._restore()
+        if resume:
+            self._restore()
         if self.epoch >= epochs or self.stop_reason is not None:
-            logging.info("Nothing to do: this run already finished (%d epochs, step %d, stop reason: %s).",
-                         self.epoch, self.step, self.stop_reason or "none")
+            logging.warning("Nothing to do: the run in %s already finished (%d epochs, step %d, stop reason: %s); "
+                            "use a new model_dir or --fresh to train again.", self.model_dir, self.epoch, self.step,
+                            self.stop_reason or "none")
             return self.history
         self.callbacks.on_train_begin()
         if self._train_loop is None:

@@ -7,6 +7,7 @@ Every flag is a field of `harness.run.RunConfig`; see README.md for the list and
 Exit codes: 0 success, 1 failure, 2 usage error (bad flag or TF_CONFIG).
 """
 
+import logging as pylogging
 import os
 import sys
 
@@ -40,7 +41,30 @@ flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the step with XLA.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for weights and data order.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "Enable TensorFlow op determinism (bitwise reproducible).")
 flags.DEFINE_string("model_dir", _D.model_dir, "Where checkpoints, logs and summary.json go (gs:// works).")
+flags.DEFINE_bool("fresh", _D.fresh, "Start over: delete this harness's outputs in --model_dir instead of resuming.")
 flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "Training checkpoints to keep.")
+# Callbacks.
+flags.DEFINE_bool("progress", _D.progress, "Progress bar (live on a terminal, periodic lines otherwise).")
+flags.DEFINE_bool("tensorboard", _D.tensorboard, "TensorBoard event files under <model_dir>/tensorboard.")
+flags.DEFINE_integer("update_freq", _D.update_freq, "TensorBoard batch summaries every N steps; 0: per epoch.")
+flags.DEFINE_integer("histogram_freq", _D.histogram_freq, "TensorBoard weight histograms every N epochs; 0: off.")
+flags.DEFINE_string("profile_steps", _D.profile_steps, "Profile the global steps 'start,stop' into TensorBoard.")
+flags.DEFINE_bool("csv_log", _D.csv_log, "One CSV row per epoch in <model_dir>/metrics.csv.")
+flags.DEFINE_bool("terminate_on_nan", _D.terminate_on_nan, "Stop all workers when the loss is NaN or infinite.")
+flags.DEFINE_string("monitor", _D.monitor, "Metric for early stopping, best checkpoints and plateau: "
+                    "loss, accuracy, val_loss, val_accuracy.")
+flags.DEFINE_enum("mode", _D.mode, ["auto", "min", "max"], "Whether --monitor should go down or up.")
+flags.DEFINE_float("min_delta", _D.min_delta, "Smallest change of --monitor that counts as an improvement.")
+flags.DEFINE_integer("early_stopping_patience", None, "Stop after this many epochs without improvement; unset: off.")
+flags.DEFINE_bool("restore_best_weights", _D.restore_best_weights, "With early stopping, end on the best weights.")
+flags.DEFINE_bool("save_best_only", _D.save_best_only, "Also keep the best weights in <model_dir>/best/.")
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine", "linear", "step"], "Per-step LR schedule.")
+flags.DEFINE_integer("warmup_steps", _D.warmup_steps, "Linear learning-rate warm-up steps.")
+flags.DEFINE_integer("decay_steps", _D.decay_steps, "Schedule decay steps; 0: the rest of the run (step: a third).")
+flags.DEFINE_float("lr_decay_rate", _D.lr_decay_rate, "Factor per decay period of --lr_schedule=step.")
+flags.DEFINE_integer("reduce_lr_on_plateau_patience", None, "Reduce the LR after this many flat epochs; unset: off.")
+flags.DEFINE_float("reduce_lr_factor", _D.reduce_lr_factor, "Factor of each plateau reduction, in (0, 1).")
+flags.DEFINE_float("min_lr", _D.min_lr, "Plateau reductions never go below this learning rate.")
 
 
 def config_from_flags() -> run_lib.RunConfig:
@@ -50,6 +74,9 @@ def config_from_flags() -> run_lib.RunConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # the progress bar is the default output; --verbosity=0 for INFO logs
+        logging.set_verbosity(logging.WARNING)
+        pylogging.getLogger("tensorflow").setLevel(pylogging.WARNING)
     try:
         run_lib.run(config_from_flags())
     except UsageError as e:

@@ -1,0 +1,118 @@
+"""EarlyStopping: stop every worker at the same epoch when the monitored metric stops improving."""
+
+from __future__ import annotations
+
+import math
+
+from absl import logging
+
+from callbacks.base import Callback
+from callbacks.monitor import Monitor
+
+
+class EarlyStopping(Callback):
+    """Keras's EarlyStopping, decided from logs aggregated over all replicas and workers.
+
+    Same options and semantics as `keras.callbacks.EarlyStopping` (`monitor`, `min_delta`,
+    `patience`, `mode`, `baseline`, `restore_best_weights`, `start_from_epoch`), plus, as in
+    Lightning: `check_finite` stops when the metric becomes NaN or infinite,
+    `stopping_threshold` stops as soon as the metric is better than it, and
+    `divergence_threshold` stops as soon as it is worse. The stop is agreed across workers
+    and its reason lands in summary.json. Counters and the best value resume exactly; with
+    `restore_best_weights` and a model_dir, the best weights are checkpointed too.
+    """
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0, *, check_finite: bool = True, stopping_threshold: float | None = None,
+                 divergence_threshold: float | None = None):
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        if start_from_epoch < 0:
+            raise ValueError(f"EarlyStopping: start_from_epoch must be >= 0, got {start_from_epoch}")
+        self.monitor = monitor
+        self._monitor = Monitor(monitor, mode, min_delta, "EarlyStopping")
+        self.patience, self.verbose, self.baseline = patience, verbose, baseline
+        self.restore_best_weights, self.start_from_epoch = restore_best_weights, start_from_epoch
+        self.check_finite, self.stopping_threshold = check_finite, stopping_threshold
+        self.divergence_threshold = divergence_threshold
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait, self.stopped_epoch, self.best, self.best_epoch = 0, 0, None, None
+        self._best_weights = None
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best
+
+    def _best_weights_path(self) -> str | None:
+        return f"{self.context.model_dir}/early_stopping/best_weights" if self.context.model_dir else None
+
+    def on_train_begin(self, logs=None):
+        if self.context.global_step == 0:
+            self._reset()
+        self._monitor.check_known(self.context.metric_names, self.context.logged_names)
+
+    def _stop(self, epoch: int, why: str) -> None:
+        self.stopped_epoch = epoch
+        self.context.request_stop(f"early stopping: {why}")
+        if self.verbose:
+            logging.info("Epoch %d: early stopping (%s).", epoch + 1, why)
+
+    def _remember_best_weights(self) -> None:
+        if not self.restore_best_weights:
+            return
+        if self._best_weights_path():
+            self.context.request_save(self)
+        else:
+            self._best_weights = self.context.model.get_weights()
+
+    def on_save(self):
+        self.context.save_weights(self._best_weights_path())
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._monitor.value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.check_finite and not math.isfinite(current):
+            self._stop(epoch, f"{self.monitor} is {current}")
+            return
+        if self.best_epoch is None and self.restore_best_weights:
+            self.best_epoch = epoch
+            self._remember_best_weights()
+        self.wait += 1
+        if self._monitor.is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            self._remember_best_weights()
+            if self.baseline is None or self._monitor.is_improvement(current, self.baseline):
+                self.wait = 0
+        elif self.wait >= self.patience and epoch > 0:
+            self._stop(epoch, f"{self.monitor} did not improve for {self.wait} epochs "
+                              f"(best {self.best:.6g} at epoch {self.best_epoch + 1})")
+            return
+        if self.stopping_threshold is not None and self._monitor.better(current, self.stopping_threshold):
+            self._stop(epoch, f"{self.monitor} = {current:.6g} reached the stopping threshold {self.stopping_threshold}")
+        elif self.divergence_threshold is not None and self._monitor.better(self.divergence_threshold, current):
+            self._stop(epoch, f"{self.monitor} = {current:.6g} diverged past {self.divergence_threshold}")
+
+    def on_train_end(self, logs=None):
+        if not self.restore_best_weights or self.best_epoch is None:
+            return
+        path = self._best_weights_path()
+        if path:
+            self.context.restore_weights(path)
+        elif self._best_weights is not None:
+            self.context.model.set_weights(self._best_weights)
+        if self.verbose:
+            logging.info("Restored the model weights from the end of the best epoch, %d.", self.best_epoch + 1)
+
+    def get_state(self):
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
+                "best_epoch": self.best_epoch}
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+

@@ -1,0 +1,93 @@
+"""ProgressBar: what the run is doing, on the chief's terminal or log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from callbacks.base import Callback
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _format_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
+
+
+class ProgressBar(Callback):
+    """A live bar on a terminal; plain periodic lines when output is not a terminal (chief only).
+
+    Shows steps, steps/s, ETA and the running metrics. Metrics are read about
+    `updates_per_epoch` times per epoch (at fixed steps, the same on every worker), not on
+    every loop, so the bar costs no host sync per step.
+    """
+
+    def __init__(self, stream: TextIO | None = None, updates_per_epoch: int = 10, log_every_s: float = 15.0,
+                 width: int = 30):
+        if updates_per_epoch < 1:
+            raise ValueError(f"ProgressBar: updates_per_epoch must be >= 1, got {updates_per_epoch}")
+        self.stream, self.updates_per_epoch, self.log_every_s, self.width = stream, updates_per_epoch, log_every_s, width
+        self._logs: dict[str, float] = {}
+
+    @property
+    def _out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def _interval(self) -> int:
+        return max(1, self.context.steps_per_epoch // self.updates_per_epoch)
+
+    def wants_batch_logs(self, step):
+        interval = self._interval()
+        return step // interval > self.context.global_step // interval
+
+    def _live(self) -> bool:
+        return self._out.isatty()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = (time.monotonic(), self.context.global_step)
+        self._last_print = time.monotonic()
+        self._logs = {}
+
+    def on_train_batch_end(self, step, logs=None):
+        if not self.context.is_chief:
+            return
+        self._logs = logs or self._logs
+        now = time.monotonic()
+        if not self._live() and now - self._last_print < self.log_every_s:
+            return
+        self._last_print = now
+        done, total = self.context.step_in_epoch, self.context.steps_per_epoch
+        start_time, start_step = self._epoch_start
+        rate = (step - start_step) / max(now - start_time, 1e-9)
+        eta = (total - done) / rate if rate > 0 else 0.0
+        status = f"{rate:.1f} steps/s - ETA {_format_duration(eta)}"
+        if self._logs:
+            status += " - " + _format_logs(self._logs)
+        epoch = f"Epoch {self.context.epoch + 1}/{self.context.epochs}"
+        if self._live():
+            filled = self.width * done // total
+            bar = "=" * max(filled - 1, 0) + (">" if filled < self.width else "=") + "." * (self.width - filled)
+            self._out.write(f"\r{epoch} {done}/{total} [{bar}] {status}\033[K")
+        else:
+            self._out.write(f"{epoch} - step {done}/{total} - {status}\n")
+        self._out.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.context.is_chief:
+            return
+        start_time, start_step = self._epoch_start
+        elapsed = time.monotonic() - start_time
+        steps = self.context.global_step - start_step
+        line = (f"Epoch {epoch + 1}/{self.context.epochs} - {steps} steps - {elapsed:.1f}s - "
+                f"{steps / max(elapsed, 1e-9):.1f} steps/s - {_format_logs(logs or {})}")
+        self._out.write(("\r" + line + "\033[K\n") if self._live() else line + "\n")
+        self._out.flush()
+
+    def on_train_end(self, logs=None):
+        if self.context.is_chief and self.context.stop_reason:
+            self._out.write(f"Stopped: {self.context.stop_reason}\n")
+            self._out.flush()

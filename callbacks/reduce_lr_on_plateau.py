@@ -1,0 +1,71 @@
+"""ReduceLROnPlateau: scale the learning rate down when the monitored metric stalls."""
+
+from __future__ import annotations
+
+from absl import logging
+
+from callbacks.base import Callback
+from callbacks.monitor import Monitor
+
+
+class ReduceLROnPlateau(Callback):
+    """Keras's ReduceLROnPlateau (same options and semantics), composable with schedules.
+
+    The reduction multiplies the harness's learning-rate scale, so it composes with a
+    per-step schedule from `LearningRateScheduler` (where Keras raises a TypeError); the
+    change is agreed across workers (the chief's value) and its state resumes exactly.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
+        for name, value in (("patience", patience), ("cooldown", cooldown), ("min_lr", min_lr)):
+            if value < 0:
+                raise ValueError(f"ReduceLROnPlateau: {name} must be >= 0, got {value}")
+        self.monitor = monitor
+        self._monitor = Monitor(monitor, mode, min_delta, "ReduceLROnPlateau")
+        self.factor, self.patience, self.verbose = factor, patience, verbose
+        self.cooldown, self.min_lr = cooldown, min_lr
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_train_begin(self, logs=None):
+        if self.context.global_step == 0:
+            self._reset()
+        self._monitor.check_known(self.context.metric_names, self.context.logged_names)
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._monitor.value(logs)
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._monitor.is_improvement(current, self.best):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                self._reduce(epoch)
+
+    def _reduce(self, epoch: int) -> None:
+        old = self.context.learning_rate
+        if old <= self.min_lr:
+            return
+        new = max(old * self.factor, self.min_lr)
+        self.context.scale_learning_rate(new / old)
+        self.cooldown_counter, self.wait = self.cooldown, 0
+        if self.verbose:
+            logging.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state):
+        self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]

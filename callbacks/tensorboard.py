@@ -1,0 +1,157 @@
+"""TensorBoard: scalars, histograms, the graph and profiles, written by the chief at the global step."""
+
+from __future__ import annotations
+
+import time
+
+import tensorflow as tf
+from absl import logging
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from callbacks.base import Callback
+
+
+def write_purge_event(log_dir: str, step: int) -> None:
+    """Marks a restart at `step`: TensorBoard's reader drops older events at or after it.
+
+    A resumed run redoes the steps after its checkpoint; without the mark, the events the
+    interrupted run wrote for those steps would show twice.
+    """
+    writer = EventFileWriter(log_dir, filename_suffix=".restart")
+    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
+                                     session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    writer.close()
+
+
+class TensorBoard(Callback):
+    """Keras's TensorBoard options, for a distributed run.
+
+    - Only the chief writes; other workers write nothing.
+    - Steps are the global step, for epoch and batch summaries alike, so curves of resumed
+      runs continue where they stopped (and a restart mark drops the redone steps' events).
+    - Per epoch: `epoch_<metric>` in `train/` and `validation/`, `epoch_learning_rate`,
+      `epoch_steps_per_second` and `epoch_examples_per_second`.
+    - `update_freq`: "epoch", or every that many steps `batch_<metric>` (running means of
+      the epoch), `batch_learning_rate` and `batch_steps_per_second`.
+    - `histogram_freq`: weight histograms every that many epochs; `write_graph`: the traced
+      training loop; `profile_batch`: a profiler trace over a (start, stop) range of global
+      steps, or one step; 0 turns it off.
+    `log_dir` defaults to `<model_dir>/tensorboard`.
+    """
+
+    def __init__(self, log_dir: str | None = None, histogram_freq: int = 0, write_graph: bool = True,
+                 update_freq: str | int = "epoch", profile_batch: int | tuple[int, int] = 0):
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError(f"TensorBoard: update_freq must be 'epoch' or a positive integer, got {update_freq!r}")
+        if histogram_freq < 0:
+            raise ValueError(f"TensorBoard: histogram_freq must be >= 0, got {histogram_freq}")
+        start, stop = profile_batch if isinstance(profile_batch, (tuple, list)) else (profile_batch, profile_batch)
+        if start < 0 or stop < start:
+            raise ValueError(f"TensorBoard: profile_batch must be a step or a (start, stop) range, got {profile_batch!r}")
+        self.log_dir, self.histogram_freq, self.write_graph = log_dir, histogram_freq, write_graph
+        self.update_freq, self._profile_range = update_freq, (start, stop)
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self._profiling = self._tracing = False
+
+    @property
+    def _root(self) -> str:
+        if self.log_dir:
+            return self.log_dir
+        if not self.context.model_dir:
+            raise ValueError("TensorBoard needs a log_dir when the trainer has no model_dir")
+        return f"{self.context.model_dir}/tensorboard"
+
+    def _writer(self, name: str) -> tf.summary.SummaryWriter:
+        return self._writers[name]
+
+    def on_train_begin(self, logs=None):
+        if not self.context.is_chief:
+            return
+        step = self.context.global_step
+        for name in ("train", "validation"):
+            tf.io.gfile.makedirs(f"{self._root}/{name}")
+            if step > 0:
+                write_purge_event(f"{self._root}/{name}", step + 1)
+        if step > 0:  # event files sort by creation second: keep the restart mark before the new files
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
+        self._writers = {name: tf.summary.create_file_writer(f"{self._root}/{name}")
+                         for name in ("train", "validation")}
+        if self.write_graph:
+            tf.summary.trace_on(graph=True, profiler=False)
+            self._tracing = True
+        self._epoch_start = self._interval_start = (time.monotonic(), step)
+
+    def _crosses_update(self, step: int, previous: int) -> bool:
+        return isinstance(self.update_freq, int) and step // self.update_freq > previous // self.update_freq
+
+    def wants_batch_logs(self, step):
+        return self._crosses_update(step, self._previous_step())
+
+    def _previous_step(self) -> int:
+        return self.context.global_step
+
+    def on_train_batch_begin(self, step, logs=None):
+        start, stop = self._profile_range
+        if self.context.is_chief and stop and not self._profiling and start <= step + self.context.steps_per_execution \
+                and step < stop:
+            tf.profiler.experimental.start(f"{self._root}/train")
+            self._profiling = True
+
+    def on_train_batch_end(self, step, logs=None):
+        if not self.context.is_chief:
+            return
+        if self._tracing:
+            with self._writer("train").as_default():
+                tf.summary.trace_export(name="train_loop", step=step)
+            self._tracing = False
+        if self._profiling and step >= self._profile_range[1]:
+            tf.profiler.experimental.stop()
+            self._profiling = False
+        previous_time, previous_step = self._interval_start
+        if logs and isinstance(self.update_freq, int) and step // self.update_freq > previous_step // self.update_freq:
+            now = time.monotonic()
+            with self._writer("train").as_default(step=step):
+                for name, value in logs.items():
+                    tf.summary.scalar(f"batch_{name}", value)
+                tf.summary.scalar("batch_learning_rate", self.context.learning_rate)
+                tf.summary.scalar("batch_steps_per_second", (step - previous_step) / max(now - previous_time, 1e-9))
+            self._interval_start = (now, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.context.is_chief:
+            return
+        logs, step = logs or {}, self.context.global_step
+        start_time, start_step = self._epoch_start
+        now = time.monotonic()
+        steps_per_second = (step - start_step) / max(now - start_time, 1e-9)
+        with self._writer("train").as_default(step=step):
+            for name, value in logs.items():
+                if not name.startswith("val_") and name != "lr":
+                    tf.summary.scalar(f"epoch_{name}", value)
+            tf.summary.scalar("epoch_learning_rate", logs.get("lr", self.context.learning_rate))
+            tf.summary.scalar("epoch_steps_per_second", steps_per_second)
+            tf.summary.scalar("epoch_examples_per_second", steps_per_second * self.context.global_batch_size)
+            if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+                for weight in self.context.model.weights:
+                    tf.summary.histogram(weight.path, weight.numpy())
+        with self._writer("validation").as_default(step=step):
+            for name, value in logs.items():
+                if name.startswith("val_"):
+                    tf.summary.scalar(f"epoch_{name[4:]}", value)
+        for writer in self._writers.values():
+            writer.flush()
+        self._epoch_start = self._interval_start = (time.monotonic(), step)
+
+    def on_train_end(self, logs=None):
+        if self._profiling:
+            tf.profiler.experimental.stop()
+            self._profiling = False
+        if self._tracing:
+            tf.summary.trace_off()
+            self._tracing = False
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        if self.context.is_chief:
+            logging.info("TensorBoard logs: tensorboard --logdir %s", self._root)
