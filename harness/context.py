@@ -57,7 +57,7 @@ class TrainerContext:
         self.votes.lr_base = float(value)
 
     def scale_learning_rate(self, factor: float) -> None:
-        current = self.votes.lr_scale if self.votes.lr_scale is not None else float(self._trainer.learning_rate.scale)
+        current = self.votes.lr_scale if self.votes.lr_scale is not None else float(self._trainer.learning_rate.scale.numpy())
         self.votes.lr_scale = current * float(factor)
 
     def set_learning_rate_schedule(self, schedule) -> None:

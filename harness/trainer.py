@@ -68,13 +68,14 @@ class Trainer:
                  optimizer: keras.optimizers.Optimizer, loss: LossFn, *, global_batch_size: int,
                  metrics: Mapping[str, MetricFn] | None = None, steps_per_execution: int = 1,
                  jit_compile: bool = False, model_dir: str | None = None,
-                 checkpoint_max_to_keep: int | None = 3, async_checkpoint: bool = False):
+                 checkpoint_max_to_keep: int | None = 3, async_checkpoint: bool = False,
+                 cluster: ClusterInfo | None = None):
         if steps_per_execution < 1:
             raise UsageError(f"--steps_per_execution must be >= 1, got {steps_per_execution}")
         self.strategy, self.model, self.loss = strategy, model, loss
         self.global_batch_size, self.steps_per_execution = global_batch_size, steps_per_execution
         self.jit_compile, self.model_dir = jit_compile, model_dir
-        self.cluster = ClusterInfo.from_strategy(strategy)
+        self.cluster = cluster or ClusterInfo.from_strategy(strategy)  # override only to simulate a task
         if jit_compile:
             _check_xla_devices(strategy)
         if global_batch_size % self.cluster.num_replicas:
