@@ -18,8 +18,9 @@ class EarlyStopping(Callback):
     Lightning: `check_finite` stops when the metric becomes NaN or infinite,
     `stopping_threshold` stops as soon as the metric is better than it, and
     `divergence_threshold` stops as soon as it is worse. The stop is agreed across workers
-    and its reason lands in summary.json. Counters and the best value resume exactly; with
-    `restore_best_weights` and a model_dir, the best weights are checkpointed too.
+    and its reason lands in summary.json. Counters and the best value resume exactly. With
+    `restore_best_weights` the best weights are kept in memory, as in Keras, and (with a
+    model_dir) also checkpointed, so a resumed run can restore a best epoch from before it.
     """
 
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
@@ -63,10 +64,9 @@ class EarlyStopping(Callback):
     def _remember_best_weights(self) -> None:
         if not self.restore_best_weights:
             return
+        self._best_weights = self.context.model.get_weights()
         if self._best_weights_path():
             self.context.request_save(self)
-        else:
-            self._best_weights = self.context.model.get_weights()
 
     def on_save(self):
         self.context.save_weights(self._best_weights_path())
@@ -99,11 +99,10 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if not self.restore_best_weights or self.best_epoch is None:
             return
-        path = self._best_weights_path()
-        if path:
-            self.context.restore_weights(path)
-        elif self._best_weights is not None:
+        if self._best_weights is not None:
             self.context.model.set_weights(self._best_weights)
+        elif self._best_weights_path():  # the best epoch came before a resume
+            self.context.restore_weights(self._best_weights_path())
         if self.verbose:
             logging.info("Restored the model weights from the end of the best epoch, %d.", self.best_epoch + 1)
 
