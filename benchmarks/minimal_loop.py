@@ -1,0 +1,81 @@
+"""Contender (a): a minimal hand-written loop, the limit with zero harness overhead.
+
+One `tf.function` runs K steps in a `tf.range` loop (K is a tensor: no retrace when it
+changes). A step is what every contender does: forward, per-example loss averaged over the
+global batch, gradients, SGD update, and running sums of loss and accuracy (read once per
+epoch, as one would to print them). No callbacks, no checkpoints, no learning-rate variable.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from benchmarks.timing import Measurement, Stamps, now
+from benchmarks.workload import Workload
+
+
+class MinimalLoop:
+    name = "minimal"
+
+    def __init__(self, workload: Workload):
+        self.workload, self.strategy = workload, workload.strategy
+        self.model, self.optimizer = workload.build()
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        with self.strategy.scope():
+            self.optimizer.build(self.model.trainable_variables)
+            # loss sum, correct predictions, examples: summed per replica, added up when read.
+            self.sums = tf.Variable(tf.zeros([3]), trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                                    aggregation=tf.VariableAggregation.SUM)
+        self.loop = tf.function(self._loop)
+        self.dataset = workload.distributed_dataset()
+        self._k: dict[int, tf.Tensor] = {}
+        self.last_epoch_logs: dict[str, float] = {}
+
+    def _step(self, batch):
+        features, labels = batch
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(features, training=True)
+            per_example = self.loss(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.workload.global_batch_size)
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        self.sums.assign_add(tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(correct),
+                                       tf.cast(tf.size(labels), tf.float32)]))
+
+    def _loop(self, iterator, num_steps):
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._step, args=(next(iterator),))
+
+    def _steps(self, k: int) -> tf.Tensor:
+        if k not in self._k:
+            self._k[k] = tf.constant(k, tf.int64)
+        return self._k[k]
+
+    def _epoch_end(self, previous):
+        total = self.sums.numpy()  # the sum over replicas: one host sync per epoch
+        loss, correct, count = total - previous
+        self.last_epoch_logs = {"loss": loss / count, "accuracy": correct / count}
+        return total
+
+    def first_step(self) -> float:
+        start = now()
+        self.loop(iter(self.dataset), self._steps(1))
+        return now() - start
+
+    def prepare(self, steps_per_execution: int) -> None:
+        """Nothing to do: K is an argument of the loop."""
+
+    def measure(self, steps_per_execution: int, steps_per_epoch: int, epochs: int) -> Measurement:
+        k = self._steps(steps_per_execution)
+        stamps = Stamps()
+        iterator = iter(self.dataset)
+        totals = self.sums.numpy()
+        for _ in range(epochs):
+            stamps.epoch_begin()
+            for _ in range(steps_per_epoch // steps_per_execution):
+                self.loop(iterator, k)
+            totals = self._epoch_end(totals)
+        stamps.end()
+        return Measurement(stamps, steps_per_epoch=steps_per_epoch, epochs=epochs)

@@ -1,0 +1,195 @@
+"""The Markdown report of a benchmark run, and the targets the harness is held to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.settings import CONTENDERS
+
+Row = dict[str, Any]
+
+TARGET_VS_MINIMAL = 0.97  # harness / minimal loop, every K, default callbacks on
+TARGET_VS_KERAS_MLP_K1 = 1.5  # harness / Keras fit, small MLP, K=1
+TARGET_VS_KERAS = 1.0  # harness / Keras fit, wherever Keras runs
+TARGET_ASYNC_STALL = 0.10  # async checkpoint stall / synchronous save time
+
+NAMES = {"minimal": "minimal loop", "harness": "harness", "keras": "Keras fit"}
+
+
+def _key(row: Row) -> tuple:
+    return row["strategy"], row["model"], row["steps_per_execution"]
+
+
+def throughput_cells(rows: list[Row]) -> dict[tuple, dict[str, Row]]:
+    """{(strategy, model, K): {contender: row}} in run order."""
+    cells: dict[tuple, dict[str, Row]] = {}
+    for row in rows:
+        if row["benchmark"] == "throughput":
+            cells.setdefault(_key(row), {})[row["contender"]] = row
+    return cells
+
+
+def ratio(a: Row | None, b: Row | None) -> float | None:
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+        return None
+    return a["steps_per_sec"] / b["steps_per_sec"]
+
+
+def keras_target(model: str, k: int) -> float:
+    return TARGET_VS_KERAS_MLP_K1 if (model == "mlp" and k == 1) else TARGET_VS_KERAS
+
+
+def _mark(value: float | None, target: float) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f} {'✓' if value >= target else '✗'}"
+
+
+def _speed(row: Row | None, field: str = "steps_per_sec") -> str:
+    if row is None:
+        return "–"
+    if row["status"] != "ok":
+        return "fails"
+    value = row[field]
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def throughput_table(rows: list[Row]) -> list[str]:
+    lines = ["| strategy | model | K | global batch | minimal steps/s | harness steps/s | Keras fit steps/s | "
+             "harness / minimal | harness / Keras | minimal ex/s | harness ex/s | Keras ex/s |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    failures: dict[tuple[str, str], list[str]] = {}  # (contender, error) -> where
+    for (strategy, model, k), cell in throughput_cells(rows).items():
+        batch = next(iter(cell.values()))["global_batch_size"]
+        harness = cell.get("harness")
+        lines.append(
+            f"| {strategy} | {model} | {k} | {batch} | {_speed(cell.get('minimal'))} | {_speed(harness)} | "
+            f"{_speed(cell.get('keras'))} | {_mark(ratio(harness, cell.get('minimal')), TARGET_VS_MINIMAL)} | "
+            f"{_mark(ratio(harness, cell.get('keras')), keras_target(model, k))} | "
+            f"{_speed(cell.get('minimal'), 'examples_per_sec')} | {_speed(harness, 'examples_per_sec')} | "
+            f"{_speed(cell.get('keras'), 'examples_per_sec')} |")
+        for row in cell.values():
+            if row["status"] != "ok":
+                failures.setdefault((row["contender"], row["error"] or "unknown error"), []).append(
+                    f"{strategy}/{model}/K={k}")
+    for (name, error), places in failures.items():
+        lines += ["", f"fails: {NAMES[name]} at {', '.join(places)}: `{error}`"]
+    return lines
+
+
+def overhead_table(rows: list[Row]) -> list[str]:
+    lines = ["| strategy | model | K | minimal | harness | Keras fit |", "|---|---|--:|--:|--:|--:|"]
+    for (strategy, model, k), cell in throughput_cells(rows).items():
+        values = []
+        for name in CONTENDERS:
+            row = cell.get(name)
+            values.append(f"{row['call_overhead_s']:.3f}" if row and row["status"] == "ok" else "fails")
+        lines.append(f"| {strategy} | {model} | {k} | {' | '.join(values)} |")
+    return lines
+
+
+def first_step_table(rows: list[Row]) -> list[str]:
+    lines = ["| strategy | model | minimal | harness | Keras fit |", "|---|---|--:|--:|--:|"]
+    cells: dict[tuple, dict[str, Row]] = {}
+    for row in rows:
+        if row["benchmark"] == "first_step":
+            cells.setdefault((row["strategy"], row["model"]), {})[row["contender"]] = row
+    for (strategy, model), cell in cells.items():
+        values = [f"{cell[n]['seconds']:.2f} s" if n in cell and cell[n]["status"] == "ok" else "fails"
+                  for n in CONTENDERS]
+        lines.append(f"| {strategy} | {model} | {' | '.join(values)} |")
+    return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else (f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s")
+
+
+def checkpoint_table(rows: list[Row]) -> list[str]:
+    ckpt = [r for r in rows if r["benchmark"] == "checkpoint"]
+    if not ckpt:
+        return []
+    sync = next((r for r in ckpt if r["mode"] == "sync" and r["status"] == "ok"), None)
+    lines = ["| save | MB | blocks the loop | training time lost (blocked + slower steps after) | on disk after | "
+             "blocked / sync save | lost / sync save |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for row in ckpt:
+        if row["status"] != "ok":
+            first = row["first_save"]
+            lines.append(f"| {row['mode']} | {row['megabytes']:.0f} | fails from the 2nd save (1st save: "
+                         f"{_seconds(first['blocked_s'])}) | – | – | – | – |")
+            continue
+        relative = [f"{row[k] / sync['total_s']:.1%}" if sync and row["mode"] != "sync" else "–"
+                    for k in ("blocked_s", "stall_s")]
+        lines.append(f"| {row['mode']} | {row['megabytes']:.0f} | {_seconds(row['blocked_s'])} | "
+                     f"{_seconds(row['stall_s'])} | {_seconds(row['total_s'])} | {relative[0]} | {relative[1]} |")
+    for row in ckpt:
+        if row["status"] != "ok":
+            lines += ["", f"fails: {row['mode']}: `{row['error']}`"]
+    return lines
+
+
+def dispatch_table(rows: list[Row]) -> list[str]:
+    disp = [r for r in rows if r["benchmark"] == "dispatch"]
+    if not disp:
+        return []
+    lines = ["| dispatch | hook | µs per call |", "|---|---|--:|"]
+    for row in disp:
+        lines.append(f"| {NAMES[row['contender']]} | {row['hook']} | {row['us_per_call']:.2f} |")
+    return lines
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """One line per target: met or missed, and where."""
+    cells = throughput_cells(rows)
+    vs_min = {key: ratio(c.get("harness"), c.get("minimal")) for key, c in cells.items()}
+    vs_keras = {key: ratio(c.get("harness"), c.get("keras")) for key, c in cells.items()}
+    lines = []
+
+    def summary(name: str, values: dict, target_of) -> None:
+        measured = {k: v for k, v in values.items() if v is not None}
+        if not measured:
+            return
+        missed = [f"{s}/{m}/K={k}: {v:.2f}" for (s, m, k), v in measured.items() if v < target_of(m, k)]
+        lines.append(f"- {name}: {'met' if not missed else 'missed at ' + '; '.join(missed)} "
+                     f"(min {min(measured.values()):.2f} over {len(measured)} settings)")
+
+    summary(f"harness / minimal loop >= {TARGET_VS_MINIMAL}", vs_min, lambda m, k: TARGET_VS_MINIMAL)
+    mlp_k1 = {key: v for key, v in vs_keras.items() if key[1] == "mlp" and key[2] == 1}
+    summary(f"harness / Keras fit >= {TARGET_VS_KERAS_MLP_K1} (MLP, K=1)", mlp_k1, lambda m, k: TARGET_VS_KERAS_MLP_K1)
+    summary(f"harness / Keras fit >= {TARGET_VS_KERAS} (wherever Keras runs)", vs_keras, lambda m, k: TARGET_VS_KERAS)
+    ckpt = {r["mode"]: r for r in rows if r["benchmark"] == "checkpoint"}
+    if "sync" in ckpt and ckpt["sync"]["status"] == "ok":
+        sync_time = ckpt["sync"]["total_s"]
+        for mode in ("async", "async+fix"):
+            row = ckpt.get(mode)
+            if row is None:
+                continue
+            if row["status"] != "ok":
+                lines.append(f"- async checkpoint stall <= {TARGET_ASYNC_STALL:.0%} of the sync save: missed, "
+                             f"`{mode}` fails ({row['error'][:90]}...)")
+                continue
+            blocked, lost = row["blocked_s"] / sync_time, row["stall_s"] / sync_time
+            lines.append(f"- async checkpoint stall <= {TARGET_ASYNC_STALL:.0%} of the sync save ({mode}): blocked "
+                         f"{blocked:.1%} {'met' if blocked <= TARGET_ASYNC_STALL else 'missed'}; training time "
+                         f"lost incl. the background write {lost:.1%} "
+                         f"{'met' if lost <= TARGET_ASYNC_STALL else 'missed'}")
+    return lines
+
+
+def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str) -> str:
+    out = [f"# Benchmarks: harness vs a minimal loop vs Keras fit ({settings_name} run)", "",
+           f"- Machine: {machine['cpu']}, {machine['cores']} cores, no GPU; {machine['platform']}",
+           f"- Date: {machine['date']}; TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
+           f"Python {machine['python']}; harness commit {machine['harness_commit']}",
+           f"- Command: `{machine['command']}`", "",
+           "## Training throughput (medians; default callbacks on for the harness and Keras)", "",
+           *throughput_table(rows), "", "## Targets", "", *targets(rows), "",
+           "## Time to first step (trace + compile + one step, from the training call)", "",
+           *first_step_table(rows), "",
+           "## Set-up cost of one training call (s; its warm-up epoch minus a steady epoch)", "",
+           *overhead_table(rows), ""]
+    if any(r["benchmark"] == "checkpoint" for r in rows):
+        out += ["## Checkpoint stall (medians)", "", *checkpoint_table(rows), ""]
+    if any(r["benchmark"] == "dispatch" for r in rows):
+        out += ["## Callback dispatch (medians, no logs)", "", *dispatch_table(rows), ""]
+    return "\n".join(out)

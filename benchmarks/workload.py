@@ -1,0 +1,58 @@
+"""The same model, data and strategy for every contender: synthetic, in-memory batches.
+
+Every contender reads the same `distribute_datasets_from_function` dataset: one fixed
+per-replica batch repeated forever, so a measurement times the training loop, not an
+input pipeline. Every contender builds its model from the same seed (same initial weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import harness
+from benchmarks.settings import ModelSpec
+
+LEARNING_RATE = 0.01
+
+
+@dataclasses.dataclass
+class Workload:
+    strategy_name: str
+    strategy: tf.distribute.Strategy
+    spec: ModelSpec
+    seed: int = 0
+
+    def __post_init__(self):
+        replicas = self.strategy.num_replicas_in_sync
+        self.per_replica_batch_size = harness.per_replica_batch_size(self.spec.global_batch_size, replicas)
+        rng = np.random.default_rng(self.seed)
+        self._features = rng.standard_normal((self.per_replica_batch_size, *self.spec.input_shape)).astype("float32")
+        self._labels = rng.integers(0, self.spec.num_classes, self.per_replica_batch_size).astype("int32")
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.spec.global_batch_size
+
+    def build(self) -> tuple[keras.Model, keras.optimizers.Optimizer]:
+        """A fresh model (same initial weights every time) and SGD optimizer, in the strategy's scope."""
+        keras.utils.set_random_seed(self.seed)
+        with self.strategy.scope():
+            model = harness.build_model(self.spec.name, self.spec.input_shape, self.spec.num_classes)
+            optimizer = harness.build_optimizer("sgd", LEARNING_RATE)
+        return model, optimizer
+
+    def dataset_fn(self, input_context: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
+        """Per-replica batches, endless (`start_step` is accepted so the harness never skips through it)."""
+        del input_context, start_step  # every batch is the same
+        return tf.data.Dataset.from_tensors((self._features, self._labels)).repeat()
+
+    def distributed_dataset(self):
+        return self.strategy.distribute_datasets_from_function(self.dataset_fn)
