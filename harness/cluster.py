@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-from harness.errors import UsageError
+from harness.errors import SetupError, UsageError
 
 # Task types that take part in synchronous multi-worker training.
 TRAINING_TASK_TYPES = ("chief", "worker")
@@ -102,6 +105,68 @@ def load_tf_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if isinstance(environ, os._Environ):  # pylint: disable=protected-access
         os.environ["TF_CONFIG"] = json.dumps(config)
     return config
+
+
+def rendezvous(config: dict[str, Any], timeout_s: float, poll_s: float = 0.2) -> None:
+    """Waits until every other task of `config` is up, before TensorFlow connects to them.
+
+    TensorFlow waits without limit for a task that never starts, and a second process
+    claiming a task index already taken fails obscurely. Here each task listens on its own
+    port while it probes the others' ports: a missing task fails the job after `timeout_s`
+    with its name, and a duplicate task cannot listen and fails at once.
+    """
+    cluster, task = config["cluster"], config["task"]
+    me = f"{task['type']}:{task['index']}"
+    port = int(cluster[task["type"]][task["index"]].rsplit(":", 1)[1])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+        listener.listen(64)
+    except OSError as e:
+        listener.close()
+        raise SetupError(f"{me} cannot listen on port {port} ({e.strerror}): another process already runs this task "
+                         "(the same task index in two TF_CONFIGs?) or uses the port; give every task its own "
+                         "index and port") from None
+    pending = {f"{job}:{i}": address for job, addresses in cluster.items() for i, address in enumerate(addresses)
+               if f"{job}:{i}" != me}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending:
+            for name, address in list(pending.items()):
+                host, _, peer_port = address.rpartition(":")
+                try:
+                    socket.create_connection((host, int(peer_port)), timeout=1.0).close()
+                    del pending[name]
+                except OSError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                missing = ", ".join(f"{name} ({address})" for name, address in pending.items())
+                raise SetupError(f"{missing} did not join within {timeout_s:g}s; start every task of TF_CONFIG, "
+                                 "check the addresses and that the ports are open, or raise --cluster_join_timeout_s")
+            if pending:
+                time.sleep(poll_s)
+    finally:
+        listener.close()
+
+
+_TASK_NAME = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def lost_task_message(error: Exception) -> str | None:
+    """One line naming the peer a collective lost (from TensorFlow's error), or None if it is not that."""
+    text = str(error)
+    if "unhealthy" in text or "heartbeat" in text:
+        why, names = "stopped sending heartbeats", _TASK_NAME.findall(text[text.find("unhealthy"):])
+    elif "remote target" in text:
+        why, names = "its connection closed", _TASK_NAME.findall(text[text.find("remote target"):])[:1]
+    elif isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+        why, names = "a collective timed out or could not reach it", []
+    else:
+        return None
+    lost = ", ".join(dict.fromkeys(f"{job}:{index}" for job, index in names)) or "a peer task"
+    return (f"lost {lost} ({why}); every task stops. Rerun the same command on every task to resume "
+            "from the last checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)

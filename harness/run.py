@@ -8,7 +8,6 @@ writes to `<model_dir>/summary.json`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import keras
@@ -36,6 +35,8 @@ class RunConfig:
     num_cpu_devices: int | None = None
     tpu: str | None = None
     collective_timeout_s: float | None = None
+    cluster_join_timeout_s: float = 300.0
+    heartbeat_timeout_s: float = 10.0
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     download_data: bool = False
@@ -121,8 +122,8 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
                                      patience=config.early_stopping_patience,
                                      restore_best_weights=config.restore_best_weights))
         if config.save_best_only:
-            cbs.append(ModelCheckpoint("best/ckpt", monitor=config.monitor, mode=config.mode, save_best_only=True,
-                                       save_weights_only=True))
+            cbs.append(ModelCheckpoint("best/epoch{epoch:04d}", monitor=config.monitor, mode=config.mode,
+                                       save_best_only=True, save_weights_only=True, max_to_keep=config.max_to_keep))
         if config.tensorboard:
             cbs.append(TensorBoard(update_freq=config.update_freq or "epoch", histogram_freq=config.histogram_freq,
                                    profile_batch=config.profile_range()))
@@ -158,7 +159,9 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,
-                              collective_timeout_s=config.collective_timeout_s)
+                              collective_timeout_s=config.collective_timeout_s,
+                              cluster_join_timeout_s=config.cluster_join_timeout_s,
+                              heartbeat_timeout_s=config.heartbeat_timeout_s)
     cluster = ClusterInfo.from_strategy(strategy)
     per_replica_batch_size(config.global_batch_size, cluster.num_replicas)
     logging.info("Strategy %s: %d worker(s), %d replica(s); this is worker %d%s.", config.strategy,
@@ -189,6 +192,6 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     summary = next(cb for cb in run_callbacks if isinstance(cb, RunSummary))._payload(trainer.history.last_logs())
-    logging.info("Finished: %s", json.dumps({k: summary[k] for k in ("global_step", "epochs_completed",
-                                                                      "stop_reason", "final_metrics")}))
+    print(f"Done: global step {summary['global_step']}, {summary['epochs_completed']} epochs, "
+          f"stop reason: {summary['stop_reason'] or 'none'}", flush=True)
     return summary

@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.distribute import collective_all_reduce_strategy as _collective
 
-from harness.cluster import load_tf_config
+from harness.cluster import load_tf_config, rendezvous
 from harness.errors import SetupError, UsageError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
@@ -75,24 +75,50 @@ class _CPUReplicasExtended(_collective.CollectiveAllReduceExtended):
     Only for testing a multi-worker job with several replicas per worker on CPU-only hosts.
     """
 
+    def __init__(self, container_strategy, communication_options, num_cpus: int):
+        self._num_cpus = num_cpus  # read by _initialize_local_devices, which the parent's __init__ calls
+        super().__init__(container_strategy, cluster_resolver=None, communication_options=communication_options)
+
     def _initialize_local_devices(self, cluster_resolver, worker_device):
-        num_cpus = len(tf.config.list_logical_devices("CPU"))
-        return tuple(f"{worker_device}/device:CPU:{i}" for i in range(num_cpus)), "CPU"
+        return tuple(f"{worker_device}/device:CPU:{i}" for i in range(self._num_cpus)), "CPU"
 
 
 class _CPUReplicasMultiWorkerStrategy(_collective.CollectiveAllReduceStrategy):
-    def __init__(self, communication_options: tf.distribute.experimental.CommunicationOptions):
-        tf.distribute.Strategy.__init__(self, _CPUReplicasExtended(
-            self, cluster_resolver=None, communication_options=communication_options))
+    def __init__(self, communication_options: tf.distribute.experimental.CommunicationOptions, num_cpus: int):
+        tf.distribute.Strategy.__init__(self, _CPUReplicasExtended(self, communication_options, num_cpus))
 
 
-def _multi_worker(num_cpu_devices: int | None, collective_timeout_s: float | None) -> tf.distribute.Strategy:
-    load_tf_config()
-    if collective_timeout_s is not None and collective_timeout_s <= 0:
-        raise UsageError(f"--collective_timeout_s must be > 0, got {collective_timeout_s}")
+def _configure_coordination(config: dict, join_timeout_s: float, heartbeat_timeout_s: float) -> None:
+    """Bounds how long a task waits for the others to join, and how fast a dead peer is noticed.
+
+    MultiWorkerMirroredStrategy sets up the same coordination service with TensorFlow's
+    defaults (which wait an hour for a missing task) unless it is configured first.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.distribute import multi_worker_util  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+
+    cluster = config["cluster"]
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
+            for job in ("chief", "worker") if job in cluster]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster),
+        cluster_register_timeout_in_ms=int(join_timeout_s * 1000),
+        heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000), coordinated_jobs=jobs)
+
+
+def _multi_worker(num_cpu_devices: int | None, collective_timeout_s: float | None,
+                  join_timeout_s: float, heartbeat_timeout_s: float) -> tf.distribute.Strategy:
+    config = load_tf_config()
+    for name, value in (("collective_timeout_s", collective_timeout_s), ("cluster_join_timeout_s", join_timeout_s),
+                        ("heartbeat_timeout_s", heartbeat_timeout_s)):
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name} must be > 0, got {value}")
+    rendezvous(config, join_timeout_s)
+    _configure_coordination(config, join_timeout_s, heartbeat_timeout_s)
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
     if num_cpu_devices and num_cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
-        return _CPUReplicasMultiWorkerStrategy(options)
+        return _CPUReplicasMultiWorkerStrategy(options, num_cpu_devices)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
@@ -107,6 +133,10 @@ def _check_tpu_address_reachable(tpu: str) -> None:
                          "and that the TPU is up, or use --tpu=local on a TPU VM") from None
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def _tpu(tpu: str | None) -> tf.distribute.Strategy:
     if not tpu:
         raise UsageError("--strategy=tpu needs --tpu: 'local' on a TPU VM, a TPU name, or grpc://host:port")
@@ -117,20 +147,21 @@ def _tpu(tpu: str | None) -> tf.distribute.Strategy:
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except Exception as e:  # TensorFlow raises many unrelated types for "no TPU here".
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise SetupError(f"no TPU found for --tpu={tpu} ({type(e).__name__}: {first_line}); run on a "
+        raise SetupError(f"no TPU found for --tpu={tpu} ({type(e).__name__}: {_first_line(e)}); run on a "
                          "Cloud TPU VM, or pick another --strategy (e.g. mirrored) on this machine") from None
     return tf.distribute.TPUStrategy(resolver)
 
 
 def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | None = None,
-                   collective_timeout_s: float | None = None) -> tf.distribute.Strategy:
+                   collective_timeout_s: float | None = None, cluster_join_timeout_s: float = 300.0,
+                   heartbeat_timeout_s: float = 10.0) -> tf.distribute.Strategy:
     """Returns the strategy called `name` (one of `STRATEGIES`).
 
     `num_cpu_devices` splits a GPU-less host's CPU into that many replicas (mirrored, and
     multi_worker_mirrored per worker); `tpu` is 'local', a TPU name or a grpc:// address;
-    `collective_timeout_s` bounds every multi-worker collective, so a lost peer fails the
-    job instead of hanging it.
+    `collective_timeout_s` bounds every multi-worker collective; `cluster_join_timeout_s`
+    bounds the wait for every task to join; a task that stops sending heartbeats for
+    `heartbeat_timeout_s` fails the job on every other task instead of hanging it.
     """
     if name not in STRATEGIES:
         raise UsageError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
@@ -143,5 +174,5 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
     if name == "mirrored":
         return _MirroredStrategy(_replica_devices(num_cpu_devices))
     if name == "multi_worker_mirrored":
-        return _multi_worker(num_cpu_devices, collective_timeout_s)
+        return _multi_worker(num_cpu_devices, collective_timeout_s, cluster_join_timeout_s, heartbeat_timeout_s)
     return _tpu(tpu)

@@ -8,8 +8,8 @@ learning-rate requests are agreed across workers at fixed decision points.
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,11 +21,11 @@ from callbacks.base import Callback
 from callbacks.callback_list import CallbackList
 from callbacks.history import History
 from harness.checkpointing import Checkpointer, JsonState
-from harness.cluster import ClusterInfo
+from harness.cluster import ClusterInfo, lost_task_message
 from harness.context import TrainerContext
 from harness.data import DatasetFn, accepts_start_step
 from harness.decisions import Decision, DecisionMaker
-from harness.errors import UsageError
+from harness.errors import SetupError, UsageError
 from harness.learning_rate import LearningRate, Schedule
 from harness.metrics import MeanMetrics, MetricFn, sparse_categorical_accuracy
 
@@ -44,6 +44,22 @@ def _check_created_in_scope(strategy: tf.distribute.Strategy, model: keras.Model
         if not strategy.extended.variable_created_in_scope(getattr(variable, "value", variable)):
             raise UsageError(f"variable {variable.path} was not created under strategy.scope(); "
                              "build the model inside `with strategy.scope():`")
+
+
+def _naming_lost_peers(method):
+    """Turns TensorFlow's error for a peer lost in a multi-worker job into a one-line `SetupError` naming it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except tf.errors.OpError as e:
+            message = lost_task_message(e) if self.cluster.num_workers > 1 else None
+            if message is None:
+                raise
+            raise SetupError(message) from e
+
+    return wrapper
 
 
 def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:
@@ -297,6 +313,7 @@ class Trainer:
             callbacks.on_test_end(logs)
         return logs
 
+    @_naming_lost_peers
     def fit(self, train_data: DatasetFn, *, epochs: int, steps_per_epoch: int,
             validation_data: DatasetFn | None = None, validation_steps: int | None = None,
             callbacks: Sequence[Callback] = (), resume: bool = True) -> History:

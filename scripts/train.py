@@ -26,6 +26,8 @@ flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "tf.distribute strategy."
 flags.DEFINE_integer("num_cpu_devices", None, "Split a GPU-less host's CPU into this many replicas.")
 flags.DEFINE_string("tpu", None, "TPU for --strategy=tpu: 'local', a name, or grpc://host:port.")
 flags.DEFINE_float("collective_timeout_s", None, "Fail a multi-worker collective after this many seconds.")
+flags.DEFINE_float("cluster_join_timeout_s", _D.cluster_join_timeout_s, "Fail when not every task joins in time.")
+flags.DEFINE_float("heartbeat_timeout_s", _D.heartbeat_timeout_s, "A task silent this long is lost: every task fails.")
 flags.DEFINE_string("dataset", _D.dataset, "'digits' (offline, default), 'synthetic', or a TFDS name.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets).")
 flags.DEFINE_bool("download_data", _D.download_data, "Let TFDS download a catalog data set (needs network).")
@@ -57,7 +59,8 @@ flags.DEFINE_enum("mode", _D.mode, ["auto", "min", "max"], "Whether --monitor sh
 flags.DEFINE_float("min_delta", _D.min_delta, "Smallest change of --monitor that counts as an improvement.")
 flags.DEFINE_integer("early_stopping_patience", None, "Stop after this many epochs without improvement; unset: off.")
 flags.DEFINE_bool("restore_best_weights", _D.restore_best_weights, "With early stopping, end on the best weights.")
-flags.DEFINE_bool("save_best_only", _D.save_best_only, "Also keep the best weights in <model_dir>/best/.")
+flags.DEFINE_bool("save_best_only", _D.save_best_only, "Also save weights when --monitor improves, in "
+                  "<model_dir>/best/epoch<N> (the newest --max_to_keep).")
 flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine", "linear", "step"], "Per-step LR schedule.")
 flags.DEFINE_integer("warmup_steps", _D.warmup_steps, "Linear learning-rate warm-up steps.")
 flags.DEFINE_integer("decay_steps", _D.decay_steps, "Schedule decay steps; 0: the rest of the run (step: a third).")
@@ -80,11 +83,9 @@ def main(argv):
     try:
         run_lib.run(config_from_flags())
     except UsageError as e:
-        logging.error("Usage error: %s", e)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SetupError as e:
-        logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
