@@ -18,7 +18,7 @@ from typing import Any
 
 import keras
 
-from benchmarks.harness_fit import HarnessFit, _Stamper
+from benchmarks.harness_fit import HarnessFit, _LastStamper, _Stamper
 from benchmarks.keras_fit import KerasFit
 from benchmarks.timing import median, rotated, time_calls
 from benchmarks.workload import Workload
@@ -39,7 +39,8 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
     context = trainer.callbacks.callbacks[0].context
     context.steps_per_epoch = STEPS_PER_EPOCH  # mid-run state of a real epoch (the progress bar reads it)
     # The default list: History, TensorBoard, CSVLogger, ProgressBar (without the benchmark's timing callback).
-    callbacks = trainer.callbacks = CallbackList([cb for cb in trainer.callbacks if not isinstance(cb, _Stamper)])
+    callbacks = trainer.callbacks = CallbackList([cb for cb in trainer.callbacks
+                                                  if not isinstance(cb, (_Stamper, _LastStamper))])
     step = trainer.step + 1
     callbacks.on_train_begin()
     callbacks.on_epoch_begin(trainer.epoch)
@@ -62,7 +63,7 @@ def _keras_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable[[
     contender = KerasFit(workload, os.path.join(workdir, "dispatch-keras"))
     contender.first_step()
     from benchmarks.timing import Stamps  # pylint: disable=import-outside-toplevel
-    user = contender._callbacks(Stamps())[1:]  # pylint: disable=protected-access  (TB, CSV, BackupAndRestore)
+    user = contender._callbacks(Stamps())[1:-1]  # pylint: disable=protected-access  (TB, CSV, BackupAndRestore...)
     callbacks = keras.callbacks.CallbackList(user, add_history=True, add_progbar=True, model=contender.model,
                                              verbose=1, epochs=1, steps=STEPS_PER_EPOCH)
     out = io.StringIO()

@@ -18,6 +18,8 @@ from callbacks import Callback, CSVLogger, ProgressBar, TensorBoard
 
 
 class _Stamper(Callback):
+    """First in the list: stamps epoch starts, the first batch end and the end of training."""
+
     def __init__(self, stamps: Stamps):
         self.stamps = stamps
 
@@ -29,6 +31,16 @@ class _Stamper(Callback):
 
     def on_train_end(self, logs=None):
         self.stamps.end()
+
+
+class _LastStamper(Callback):
+    """Last in the list: stamps when every batch hook has run."""
+
+    def __init__(self, stamps: Stamps):
+        self.stamps = stamps
+
+    def on_train_batch_end(self, step, logs=None):
+        self.stamps.batch_done()
 
 
 def default_callbacks() -> list[Callback]:
@@ -50,7 +62,7 @@ class HarnessFit:
     def _fit(self, epochs: int, steps_per_epoch: int) -> Stamps:
         stamps = Stamps()
         self.trainer.fit(self.workload.dataset_fn, epochs=self.trainer.epoch + epochs, steps_per_epoch=steps_per_epoch,
-                         callbacks=[_Stamper(stamps), *default_callbacks()], resume=False)
+                         callbacks=[_Stamper(stamps), *default_callbacks(), _LastStamper(stamps)], resume=False)
         return stamps
 
     def first_step(self) -> float:

@@ -34,6 +34,15 @@ class _Stamper(keras.callbacks.Callback):
         self.stamps.end()
 
 
+class _LastStamper(keras.callbacks.Callback):
+    def __init__(self, stamps: Stamps):
+        super().__init__()
+        self.stamps = stamps
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stamps.batch_done()
+
+
 class KerasFit:
     name = "keras"
 
@@ -56,9 +65,11 @@ class KerasFit:
 
     def _callbacks(self, stamps: Stamps) -> list[keras.callbacks.Callback]:
         backup = os.path.join(self.model_dir, f"backup-{next(self._runs)}")
+        # History and the progress bar are the ones fit would append; listed here so the last stamper runs after them.
         return [_Stamper(stamps), keras.callbacks.TensorBoard(os.path.join(self.model_dir, "tensorboard")),
                 keras.callbacks.CSVLogger(os.path.join(self.model_dir, "metrics.csv")),
-                keras.callbacks.BackupAndRestore(backup, save_freq="epoch")]
+                keras.callbacks.BackupAndRestore(backup, save_freq="epoch"), keras.callbacks.History(),
+                keras.callbacks.ProgbarLogger(), _LastStamper(stamps)]
 
     def _fit(self, epochs: int, steps_per_epoch: int) -> Stamps:
         stamps = Stamps()

@@ -59,6 +59,16 @@ class MinimalLoop:
         self.last_epoch_logs = {"loss": loss / count, "accuracy": correct / count}
         return total
 
+    def probe(self, steps_per_execution: int, seconds: float) -> float:
+        """Steps/s of K-step calls for about `seconds` (at least one call): sizes the epochs."""
+        k, iterator, calls = self._steps(steps_per_execution), iter(self.dataset), 0
+        self.loop(iterator, k)
+        start = now()
+        while calls == 0 or now() - start < seconds:
+            self.loop(iterator, k)
+            calls += 1
+        return calls * steps_per_execution / (now() - start)
+
     def first_step(self) -> float:
         start = now()
         self.loop(iter(self.dataset), self._steps(1))
@@ -76,6 +86,7 @@ class MinimalLoop:
             stamps.epoch_begin()
             for _ in range(steps_per_epoch // steps_per_execution):
                 self.loop(iterator, k)
+            stamps.batch_done()
             totals = self._epoch_end(totals)
         stamps.end()
         return Measurement(stamps, steps_per_epoch=steps_per_epoch, epochs=epochs)

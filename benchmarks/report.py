@@ -55,15 +55,16 @@ def _speed(row: Row | None, field: str = "steps_per_sec") -> str:
 
 
 def throughput_table(rows: list[Row]) -> list[str]:
-    lines = ["| strategy | model | K | global batch | minimal steps/s | harness steps/s | Keras fit steps/s | "
-             "harness / minimal | harness / Keras | minimal ex/s | harness ex/s | Keras ex/s |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| strategy | model | K | global batch | steps / epoch | minimal steps/s | harness steps/s | "
+             "Keras fit steps/s | harness / minimal | harness / Keras | minimal ex/s | harness ex/s | Keras ex/s |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     failures: dict[tuple[str, str], list[str]] = {}  # (contender, error) -> where
     for (strategy, model, k), cell in throughput_cells(rows).items():
-        batch = next(iter(cell.values()))["global_batch_size"]
+        first = next(iter(cell.values()))
         harness = cell.get("harness")
         lines.append(
-            f"| {strategy} | {model} | {k} | {batch} | {_speed(cell.get('minimal'))} | {_speed(harness)} | "
+            f"| {strategy} | {model} | {k} | {first['global_batch_size']} | {first['steps_per_epoch']} | "
+            f"{_speed(cell.get('minimal'))} | {_speed(harness)} | "
             f"{_speed(cell.get('keras'))} | {_mark(ratio(harness, cell.get('minimal')), TARGET_VS_MINIMAL)} | "
             f"{_mark(ratio(harness, cell.get('keras')), keras_target(model, k))} | "
             f"{_speed(cell.get('minimal'), 'examples_per_sec')} | {_speed(harness, 'examples_per_sec')} | "
@@ -77,13 +78,15 @@ def throughput_table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def overhead_table(rows: list[Row]) -> list[str]:
+def per_contender_table(rows: list[Row], field: str, scale: float, digits: int) -> list[str]:
+    """One throughput-row field per contender, e.g. the epoch-end cost in ms."""
     lines = ["| strategy | model | K | minimal | harness | Keras fit |", "|---|---|--:|--:|--:|--:|"]
     for (strategy, model, k), cell in throughput_cells(rows).items():
         values = []
         for name in CONTENDERS:
             row = cell.get(name)
-            values.append(f"{row['call_overhead_s']:.3f}" if row and row["status"] == "ok" else "fails")
+            ok = row and row["status"] == "ok" and row[field] is not None
+            values.append(f"{row[field] * scale:.{digits}f}" if ok else ("fails" if row and row["status"] != "ok" else "–"))
         lines.append(f"| {strategy} | {model} | {k} | {' | '.join(values)} |")
     return lines
 
@@ -186,8 +189,10 @@ def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str) -> st
            *throughput_table(rows), "", "## Targets", "", *targets(rows), "",
            "## Time to first step (trace + compile + one step, from the training call)", "",
            *first_step_table(rows), "",
+           "## Epoch end (ms, median): metrics, callbacks and the checkpoint, from the last batch hook to the next "
+           "epoch", "", *per_contender_table(rows, "epoch_end_s", 1000, 1), "",
            "## Set-up cost of one training call (s; its warm-up epoch minus a steady epoch)", "",
-           *overhead_table(rows), ""]
+           *per_contender_table(rows, "call_overhead_s", 1, 3), ""]
     if any(r["benchmark"] == "checkpoint" for r in rows):
         out += ["## Checkpoint stall (medians)", "", *checkpoint_table(rows), ""]
     if any(r["benchmark"] == "dispatch" for r in rows):

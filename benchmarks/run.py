@@ -57,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--markdown", help="also write the Markdown report to this file")
     parser.add_argument("--repeats", type=int, help="measurements per contender and setting (default: per model)")
     parser.add_argument("--models", nargs="+", choices=[m.name for m in settings.FULL.models],
-                        help="only these models")
+                        help="these models (default: both; mlp for --quick and --tiny)")
     parser.add_argument("--strategies", nargs="+", choices=settings.STRATEGIES, help="only these strategies")
     parser.add_argument("--steps_per_execution", nargs="+", type=int, help="only these K (default: 1 10 100)")
     parser.add_argument("--skip", nargs="+", default=[], choices=["throughput", "checkpoint", "dispatch"],
@@ -69,10 +69,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def chosen_settings(args: argparse.Namespace) -> settings.Settings:
     chosen = settings.TINY if args.tiny else settings.QUICK if args.quick else settings.FULL
-    models = tuple(m for m in chosen.models if not args.models or m.name in args.models)
+    models = chosen.models
     if args.repeats:
         models = tuple(dataclasses.replace(m, repeats=args.repeats) for m in models)
-    return dataclasses.replace(chosen, models=models, strategies=tuple(args.strategies or chosen.strategies),
+    return dataclasses.replace(chosen, models=models, default_models=tuple(args.models or chosen.default_models),
+                               strategies=tuple(args.strategies or chosen.strategies),
                                steps_per_execution=tuple(args.steps_per_execution or chosen.steps_per_execution))
 
 

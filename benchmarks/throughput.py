@@ -53,7 +53,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _throughput_row(workload: Workload, name: str, k: int, spec: ModelSpec, measurements, error) -> Row:
+def _throughput_row(workload: Workload, name: str, k: int, spec: ModelSpec, steps_per_epoch: int, measurements,
+                    error) -> Row:
     samples = [m.steps_per_sec for m in measurements]
     steps_per_sec = median(samples) if error is None else None
     return {
@@ -64,12 +65,14 @@ def _throughput_row(workload: Workload, name: str, k: int, spec: ModelSpec, meas
         "examples_per_sec": steps_per_sec * spec.global_batch_size if steps_per_sec is not None else None,
         "status": "ok" if error is None else "fails", "error": error,
         "repeats": len(samples), "samples_steps_per_sec": samples,
-        "steps_per_epoch": spec.epoch_steps(k), "timed_epochs": max(spec.epochs - 1, 1),
+        "steps_per_epoch": steps_per_epoch, "timed_epochs": max(spec.epochs - 1, 1),
+        "seconds_per_measurement": median([m.seconds for m in measurements]) if error is None else None,
         "call_overhead_s": median([m.call_overhead for m in measurements]) if error is None else None,
+        "epoch_end_s": median([m.epoch_end_cost for m in measurements]) if error is None else None,
     }
 
 
-def run_configuration(workload: Workload, k_values, workdir: str, order_shift: int,
+def run_configuration(workload: Workload, k_values, workdir: str, order_shift: int, probe_seconds: float = 0.5,
                       log: Callable[[str], None] = _log) -> tuple[list[Row], list[Row]]:
     """All contenders on one strategy and model: (throughput rows, first-step rows)."""
     spec = workload.spec
@@ -91,7 +94,10 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
             f"{row['seconds']:.2f}s" if row["seconds"] is not None else f"  first step {name}: fails ({row['error']})")
     rows: list[Row] = []
     for k in k_values:
-        steps_per_epoch = spec.epoch_steps(k)
+        probe = None
+        if spec.epoch_seconds is not None and "minimal" in contenders:
+            probe = contenders["minimal"].probe(k, probe_seconds)
+        steps_per_epoch = spec.epoch_steps(k, probe)
         errors: dict[str, str] = dict(build_errors)
         for name, contender in contenders.items():
             try:
@@ -110,11 +116,11 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
                     errors[name] = describe(e)
                     log(f"  {name} fails at K={k}: {errors[name]}")
         for name in CONTENDERS:
-            row = _throughput_row(workload, name, k, spec, measurements[name], errors.get(name))
+            row = _throughput_row(workload, name, k, spec, steps_per_epoch, measurements[name], errors.get(name))
             rows.append(row)
             speed = f"{row['steps_per_sec']:9.1f} steps/s" if row["status"] == "ok" else "    fails"
             log(f"  {workload.strategy_name}/{spec.name} K={k:<3d} {name:8s} {speed}  "
-                f"samples {['%.0f' % s for s in row['samples_steps_per_sec']]}")
+                f"samples {['%.0f' % s for s in row['samples_steps_per_sec']]}, {steps_per_epoch} steps/epoch")
     return rows, first_steps
 
 
@@ -124,11 +130,11 @@ def run(settings: Settings, workdir: str, log: Callable[[str], None] = _log) -> 
     shift = 0
     for strategy_name in settings.strategies:
         strategy = harness.build_strategy(strategy_name, num_cpu_devices=2)
-        for spec in settings.models:
+        for spec in settings.chosen_models():
             log(f"throughput: {strategy_name} / {spec.name} (global batch {spec.global_batch_size}, "
                 f"{spec.repeats} repeats)")
             r, f = run_configuration(Workload(strategy_name, strategy, spec), settings.steps_per_execution, workdir,
-                                     shift, log)
+                                     shift, settings.probe_seconds, log)
             rows += r
             first_steps += f
             shift += 1

@@ -155,7 +155,6 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     """Trains as `config` says; returns the run summary (also in `<model_dir>/summary.json`)."""
     config.validate()
     build_callbacks(config, total_steps=1)  # fail on bad callback options before TensorFlow does any work
-    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,
@@ -176,6 +175,7 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(MIXED_PRECISION[config.mixed_precision])
     try:
+        keras.utils.set_random_seed(config.seed)  # here, so preparing the data set never shifts the weights' seeds
         with strategy.scope():
             model = build_model(config.model, source.input_shape, source.num_classes)
             optimizer = build_optimizer(config.optimizer, config.learning_rate)

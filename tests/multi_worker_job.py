@@ -1,0 +1,81 @@
+"""A multi-worker job for tests/test_multi_worker.py, run once per task by the local launcher.
+
+Phases share one MultiWorkerMirroredStrategy; each prints `RESULT <json>` with what this
+worker did, so the test can check that every worker took every decision at the same step.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import harness  # noqa: E402
+from callbacks import Callback, EarlyStopping, TerminateOnNaN  # noqa: E402
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+
+class VoteOnOneWorker(Callback):
+    """Asks to stop on one worker only, from the first loop that ends at or after `step`."""
+
+    def __init__(self, worker, step):
+        self.worker, self.step = worker, step
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.context.worker_index == self.worker and step >= self.step:
+            self.context.request_stop(f"worker {self.worker} voted at step {step}")
+
+
+def trainer(strategy, source, model_dir, linear=False):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = (keras.Sequential([keras.Input(source.input_shape), keras.layers.Flatten(), keras.layers.Dense(10)])
+                 if linear else harness.build_model("mlp", source.input_shape, source.num_classes))
+        optimizer = keras.optimizers.SGD(0.1)
+    return harness.Trainer(strategy, model, optimizer, LOSS, global_batch_size=32, steps_per_execution=2,
+                           model_dir=model_dir)
+
+
+def nan_on_pipeline(train, pipeline, after_steps):
+    """Batches of one input pipeline (one worker) turn NaN after `after_steps` steps."""
+
+    def data(ctx, start_step=0):
+        ds = train(ctx, start_step)
+        if ctx.input_pipeline_id != pipeline:
+            return ds
+        return ds.take(after_steps).concatenate(ds.skip(after_steps).map(lambda x, y: (x * np.nan, y)))
+
+    return data
+
+
+def report(phase, t):
+    print("RESULT " + json.dumps({"phase": phase, "worker": t.cluster.worker_index, "step": t.step,
+                                  "epochs": t.epoch, "stop_reason": t.stop_reason}), flush=True)
+
+
+def main(out_dir, data_dir):
+    strategy = harness.build_strategy("multi_worker_mirrored", cluster_join_timeout_s=60)
+    info = harness.ClusterInfo.from_strategy(strategy)
+    source = harness.load_source("digits", data_dir, is_chief=info.is_chief, num_workers=info.num_workers)
+    train = harness.TrainInput(source.train_examples, source.num_train_examples, 32)
+
+    t = trainer(strategy, source, f"{out_dir}/vote")
+    t.fit(train, epochs=3, steps_per_epoch=10, callbacks=[VoteOnOneWorker(worker=1, step=7)])
+    report("vote", t)
+
+    t = trainer(strategy, source, f"{out_dir}/nan", linear=True)
+    t.fit(nan_on_pipeline(train, pipeline=1, after_steps=5), epochs=3, steps_per_epoch=10,
+          callbacks=[TerminateOnNaN()])
+    report("nan", t)
+
+    t = trainer(strategy, source, f"{out_dir}/early")
+    t.fit(train, epochs=5, steps_per_epoch=4, callbacks=[EarlyStopping(monitor="loss", min_delta=10.0)])
+    report("early", t)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

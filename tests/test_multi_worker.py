@@ -1,0 +1,151 @@
+"""Multi-worker contracts with real processes: the local launcher starts one process per task on
+127.0.0.1, talking tf.distribute's gRPC collectives."""
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.launch import LocalCluster, launch, local_cluster, tf_config
+from harness.run import RunConfig, run
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+TRAIN = [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--strategy=multi_worker_mirrored"]
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+def run_cluster(args, num_workers=2):
+    out = io.StringIO()
+    code = launch([*TRAIN, *args], num_workers=num_workers, out=out, env=ENV)
+    return code, out.getvalue()
+
+
+def lines_of(output, task):
+    prefix = f"[{task}] "
+    return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
+
+
+def single_process(tmp_path, data_dir, replicas, **flags):
+    summary = run(RunConfig(strategy="mirrored", num_cpu_devices=replicas, model_dir=str(tmp_path / "single"),
+                            data_dir=data_dir, progress=False, **flags))
+    return summary
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data_dir):
+    model_dir, fresh_data = tmp_path / "cluster", tmp_path / "tfds"
+    flags = dict(epochs=3, steps_per_execution=4, save_best_only=True, update_freq=5)
+    code, output = run_cluster([f"--model_dir={model_dir}", f"--data_dir={fresh_data}", "--epochs=3",
+                                "--steps_per_execution=4", "--save_best_only", "--update_freq=5"])
+    assert code == 0, output[-4000:]
+    done = [line for line in output.splitlines() if "Done: " in line]
+    assert [d.split("] ", 1)[1] for d in done] == ["Done: global step 69, 3 epochs, stop reason: none"] * 2
+    # The chief prepared the data set; the other worker waited for it.
+    assert any("Dataset digits downloaded and prepared" in line for line in lines_of(output, "worker:0"))
+    assert not any("prepared" in line for line in lines_of(output, "worker:1"))
+
+    files = files_under(model_dir)
+    assert not [f for f in files if "tmp" in f or "worker" in f]
+    assert len([f for f in files if f.startswith("tensorboard/train/events")]) == 1
+    assert len([f for f in files if f.startswith("tensorboard/validation/events")]) == 1
+    rows = list(csv.reader(open(model_dir / "metrics.csv")))
+    assert [r[0] for r in rows] == ["epoch", "0", "1", "2"]
+    cluster = json.loads((model_dir / "summary.json").read_text())
+    assert (cluster["num_workers"], cluster["num_replicas"]) == (2, 2)
+
+    # Tolerance 1e-5 relative: the same global batches, only the order of float additions differs.
+    single = single_process(tmp_path, data_dir, 2, **flags)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert cluster["history"][key] == pytest.approx(single["history"][key], rel=1e-5), key
+    best = sorted(f for f in files if f.startswith("best/") and f.endswith(".index"))
+    assert best and best == sorted(f for f in files_under(tmp_path / "single") if f.startswith("best/")
+                                   and f.endswith(".index"))
+
+
+def test_two_workers_with_two_cpu_replicas_each_match_four_replicas(tmp_path, data_dir):
+    code, output = run_cluster([f"--model_dir={tmp_path / 'cluster'}", f"--data_dir={data_dir}", "--epochs=2",
+                                "--num_cpu_devices=2", "--tensorboard=false"])
+    assert code == 0, output[-4000:]
+    cluster = json.loads((tmp_path / "cluster/summary.json").read_text())
+    assert (cluster["num_workers"], cluster["num_replicas"]) == (2, 4)
+    single = single_process(tmp_path, data_dir, 4, epochs=2, tensorboard=False)
+    assert cluster["history"]["loss"] == pytest.approx(single["history"]["loss"], rel=1e-5)
+    assert cluster["history"]["val_accuracy"] == pytest.approx(single["history"]["val_accuracy"], rel=1e-5)
+
+
+def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir):
+    out = io.StringIO()
+    code = launch([sys.executable, os.path.join(ROOT, "tests/multi_worker_job.py"), str(tmp_path), data_dir],
+                  num_workers=2, out=out, env=ENV)
+    assert code == 0, out.getvalue()[-4000:]
+    results = {}
+    for line in out.getvalue().splitlines():
+        if "RESULT " in line:
+            r = json.loads(line.split("RESULT ", 1)[1])
+            results[(r["phase"], r["worker"])] = r
+    # A stop voted on worker 1 alone (at the loop ending at step 8) stops both workers there.
+    assert results[("vote", 0)]["step"] == results[("vote", 1)]["step"] == 8
+    assert results[("vote", 1)]["stop_reason"] == "worker 1 voted at step 8"
+    assert results[("vote", 0)]["stop_reason"] == "stop requested by worker 1"
+    # NaN on worker 1's data only: the aggregated loss is NaN on both, both stop at the same step.
+    assert results[("nan", 0)]["step"] == results[("nan", 1)]["step"] == 6
+    assert all(results[("nan", w)]["stop_reason"].startswith("non-finite loss") for w in (0, 1))
+    # Early stopping: both stop after the second epoch.
+    assert results[("early", 0)]["epochs"] == results[("early", 1)]["epochs"] == 2
+    assert results[("early", 0)]["stop_reason"] == results[("early", 1)]["stop_reason"]
+    for phase in ("vote", "nan", "early"):
+        assert not [f for f in files_under(tmp_path / phase) if "tmp" in f]
+
+
+def test_a_killed_worker_stops_the_job_quickly_and_a_rerun_resumes(tmp_path, data_dir):
+    args = [*TRAIN, f"--model_dir={tmp_path / 'run'}", f"--data_dir={data_dir}", "--epochs=6"]
+    out = io.StringIO()
+    cluster = LocalCluster(args, local_cluster(2), out=out, grace_s=60, env=ENV)
+    cluster.start()
+    killed_at = []
+
+    def kill_after_second_epoch():
+        while "Epoch 2/6" not in out.getvalue():
+            time.sleep(0.2)
+        killed_at.append(time.monotonic())
+        os.kill(cluster._task("worker:1").process.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_after_second_epoch, daemon=True).start()
+    code = cluster.wait()
+    elapsed = time.monotonic() - killed_at[0]
+    output = out.getvalue()
+    assert code != 0
+    assert elapsed < 60  # bound: heartbeat timeout (10 s) or the broken connection, plus exit
+    assert re.search(r"\[worker:0\] error: lost worker:1 \(", output), output[-3000:]
+    assert "[launcher] failed: worker:1 was killed by SIGKILL" in output
+
+    code, output = run_cluster(args[len(TRAIN):])
+    assert code == 0, output[-4000:]
+    assert "Resuming from" in output and "Done: global step 138, 6 epochs" in output
+
+
+def test_missing_and_duplicate_tasks_fail_fast_with_one_line(tmp_path):
+    cluster = local_cluster(2)
+    command = [*TRAIN, f"--model_dir={tmp_path}", "--cluster_join_timeout_s=5", "--dataset=synthetic"]
+    env = {**os.environ, **ENV, "TF_CONFIG": tf_config(cluster, "worker", 0)}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)  # worker:0 again
+    _, first_err = first.communicate(timeout=120)
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
+    assert second.returncode == 1 and len(errors) == 1
+    assert "worker:0 cannot listen on port" in errors[0] and "same task index" in errors[0]
+    errors = [line for line in first_err.splitlines() if line.startswith("error: ")]
+    assert first.returncode == 1 and len(errors) == 1
+    assert errors[0].startswith(f"error: worker:1 ({cluster['worker'][1]}) did not join within 5s")
