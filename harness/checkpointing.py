@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import tensorflow as tf
 from absl import logging
-
-
-class JsonState(tf.train.experimental.PythonState):
-    """Python state (epoch, position, callback state, history) saved inside a TF checkpoint."""
-
-    def __init__(self, get: Callable[[], dict[str, Any]], set_: Callable[[dict[str, Any]], None]):
-        self._get, self._set = get, set_
-
-    def serialize(self) -> bytes:
-        return json.dumps(self._get()).encode()
-
-    def deserialize(self, string_value: bytes) -> None:
-        self._set(json.loads(string_value))
 
 
 @contextlib.contextmanager
@@ -93,6 +81,24 @@ def remove_checkpoint(prefix: str) -> None:
         tf.io.gfile.remove(name)
 
 
+def _keras_variables_support_async_checkpoints() -> None:
+    """Makes Keras 3 variables copyable more than once by TensorFlow's async checkpointing.
+
+    An async save copies every variable to the CPU through `_copy_trackable_to_cpu`, on every
+    save. Keras 3.15's version creates a new `tf.Variable` each time, so the second async
+    save fails ("tf.function only supports singleton tf.Variables"). The Keras variable
+    saves exactly its backing variable's tensors, so its CPU copy can simply be that of the
+    backing variable, which TensorFlow creates once and reuses.
+    """
+    from keras.src.backend.tensorflow.core import Variable  # pylint: disable=import-outside-toplevel
+
+    def copy_trackable_to_cpu(self, object_map):
+        self.value._copy_trackable_to_cpu(object_map)  # pylint: disable=protected-access
+        object_map[self] = object_map[self.value]
+
+    Variable._copy_trackable_to_cpu = copy_trackable_to_cpu  # pylint: disable=protected-access
+
+
 class Checkpointer:
     """The training-state checkpoints of a run under `directory` (resume point; `max_to_keep` newest).
 
@@ -104,6 +110,8 @@ class Checkpointer:
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, *, is_chief: bool,
                  max_to_keep: int | None = 3, enable_async: bool = False):
         self.checkpoint, self.directory, self.is_chief = checkpoint, directory, is_chief
+        if enable_async:
+            _keras_variables_support_async_checkpoints()
         self._options = tf.train.CheckpointOptions(enable_async=enable_async)
         self._manager = (tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
                                                     checkpoint_name="ckpt") if is_chief else None)
@@ -130,9 +138,22 @@ class Checkpointer:
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
         return [p for p in reversed(paths) if tf.io.gfile.exists(f"{p}.index")]
 
+    def _interrupted_saves(self, latest: str | None) -> list[str]:
+        """Files of checkpoints newer than the newest complete one: left by a save that was killed."""
+        newest = int(latest.rsplit("-", 1)[1]) if latest else -1
+        names = tf.io.gfile.glob(f"{self.directory}/ckpt-*")
+        numbers = {int(m.group(1)) for m in (re.match(r"ckpt-(\d+)", n.rsplit("/", 1)[-1]) for n in names) if m}
+        return [f"{self.directory}/ckpt-{n}" for n in sorted(numbers) if n > newest]
+
     def restore_latest(self) -> str | None:
         """Restores the newest readable checkpoint; returns its path, or None when there is none."""
-        for i, path in enumerate(self.candidates()):
+        candidates = self.candidates()
+        for partial in self._interrupted_saves(candidates[0] if candidates else None):
+            logging.warning("Found an incomplete checkpoint %s (a save was interrupted); ignoring it.", partial)
+            if self.is_chief:
+                for name in tf.io.gfile.glob(f"{partial}*"):
+                    (tf.io.gfile.rmtree if tf.io.gfile.isdir(name) else tf.io.gfile.remove)(name)
+        for i, path in enumerate(candidates):
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched()
             except (tf.errors.OpError, ValueError, AssertionError) as e:

@@ -21,6 +21,7 @@ class Votes:
     """What this worker asks for at one decision point."""
 
     stop_reason: str | None = None
+    preempted: bool = False  # stop and save, but the run is not finished: a rerun resumes it
     savers: set[int] = dataclasses.field(default_factory=set)
     lr_base: float | None = None
     lr_scale: float | None = None
@@ -35,6 +36,7 @@ class Decision:
     """What every worker does: identical on all of them."""
 
     stop_voters: tuple[int, ...] = ()
+    preempted: bool = False
     savers: tuple[int, ...] = ()
     lr_base: float | None = None
     lr_scale: float | None = None
@@ -47,8 +49,8 @@ class Decision:
 class DecisionMaker:
     """Agrees on a `Decision` from every worker's `Votes`; free (no communication) on one worker.
 
-    The vote vector: one stop slot per worker, one slot per saver, and two (flag, value)
-    pairs for learning-rate changes that only the chief fills in.
+    The vote vector: one stop slot per worker, a preemption slot, one slot per saver, and
+    two (flag, value) pairs for learning-rate changes that only the chief fills in.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, *, num_workers: int, worker_index: int,
@@ -57,7 +59,7 @@ class DecisionMaker:
         self._is_chief, self._num_savers = is_chief, num_savers
         self._local_replicas = strategy.num_replicas_in_sync // num_workers
         if num_workers > 1:
-            size = num_workers + num_savers + 4
+            size = num_workers + 1 + num_savers + 4
             self._sum = tf.function(self._all_reduce_sum, input_signature=[tf.TensorSpec([size], tf.float64)])
 
     def _all_reduce_sum(self, votes: tf.Tensor) -> tf.Tensor:
@@ -66,19 +68,31 @@ class DecisionMaker:
 
     def agree(self, votes: Votes) -> Decision:
         if self._num_workers == 1:
-            return Decision(stop_voters=(0,) if votes.stop else (), savers=tuple(sorted(votes.savers)),
-                            lr_base=votes.lr_base, lr_scale=votes.lr_scale)
+            return Decision(stop_voters=(0,) if votes.stop else (), preempted=votes.preempted,
+                            savers=tuple(sorted(votes.savers)), lr_base=votes.lr_base, lr_scale=votes.lr_scale)
         w, s = self._num_workers, self._num_savers
-        vector = np.zeros([w + s + 4], np.float64)
+        vector = np.zeros([w + 1 + s + 4], np.float64)
         vector[self._worker_index] = float(votes.stop)
-        vector[[w + i for i in votes.savers]] = 1.0
+        vector[w] = float(votes.preempted)
+        vector[[w + 1 + i for i in votes.savers]] = 1.0
+        lr_slots = (w + 1 + s, w + 3 + s)
         if self._is_chief:
-            for slot, value in ((w + s, votes.lr_base), (w + s + 2, votes.lr_scale)):
+            for slot, value in zip(lr_slots, (votes.lr_base, votes.lr_scale)):
                 if value is not None:
                     vector[slot:slot + 2] = (1.0, value)
         # Every local replica contributes the same vector: divide their copies back out.
         total = self._sum(tf.constant(vector)).numpy() / self._local_replicas
-        lr = [total[k + 1] if total[k] > 0.5 else None for k in (w + s, w + s + 2)]
+        lr = [total[k + 1] if total[k] > 0.5 else None for k in lr_slots]
         return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)),
-                        savers=tuple(int(i) for i in np.flatnonzero(total[w:w + s] > 0.5)),
+                        preempted=bool(total[w] > 0.5),
+                        savers=tuple(int(i) for i in np.flatnonzero(total[w + 1:w + 1 + s] > 0.5)),
                         lr_base=lr[0], lr_scale=lr[1])
+
+    def all_equal(self, value: int) -> bool:
+        """Whether every worker holds the same integer `value` (one all-reduce)."""
+        if self._num_workers == 1:
+            return True
+        vector = np.zeros([self._sum.input_signature[0].shape[0]], np.float64)
+        vector[self._worker_index] = float(value)
+        total = self._sum(tf.constant(vector)).numpy()[:self._num_workers] / self._local_replicas
+        return bool((total == total[0]).all())

@@ -20,6 +20,7 @@ from callbacks.base import Callback
 from harness.cluster import ClusterInfo
 from harness.data import DEFAULT_DATASET, EvalInput, TrainInput, load_source, per_replica_batch_size
 from harness.errors import UsageError
+from harness.export import export_model
 from harness.models import build_model, build_optimizer
 from harness.strategy import build_strategy
 from harness.trainer import Trainer
@@ -54,6 +55,10 @@ class RunConfig:
     model_dir: str = "runs/default"
     fresh: bool = False
     max_to_keep: int = 3
+    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_seconds: float | None = None
+    async_checkpoint: bool = False
+    export_dir: str = ""
     # Callbacks.
     progress: bool = True
     tensorboard: bool = True
@@ -183,15 +188,22 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
                           keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                           global_batch_size=config.global_batch_size, steps_per_execution=config.steps_per_execution,
                           jit_compile=config.jit_compile, model_dir=config.model_dir,
-                          checkpoint_max_to_keep=config.max_to_keep)
+                          checkpoint_max_to_keep=config.max_to_keep, async_checkpoint=config.async_checkpoint,
+                          checkpoint_every_n_steps=config.checkpoint_every_n_steps,
+                          checkpoint_every_n_seconds=config.checkpoint_every_n_seconds)
         steps_per_epoch = config.steps_per_epoch or train.steps_per_pass
         run_callbacks = [*(callbacks or []), *build_callbacks(config, total_steps=steps_per_epoch * config.epochs)]
         trainer.fit(train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                     validation_data=evaluation, validation_steps=evaluation.steps if evaluation else None,
                     callbacks=run_callbacks, resume=not config.fresh)
+        if config.export_dir and not trainer.preempted and trainer.weights_are_finite():
+            exported = export_model(model, config.export_dir, is_chief=cluster.is_chief)
+            for kind, path in exported.items():
+                print(f"Exported {kind}: {path}", flush=True)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     summary = next(cb for cb in run_callbacks if isinstance(cb, RunSummary))._payload(trainer.history.last_logs())
+    summary["preempted"] = trainer.preempted
     print(f"Done: global step {summary['global_step']}, {summary['epochs_completed']} epochs, "
           f"stop reason: {summary['stop_reason'] or 'none'}", flush=True)
     return summary

@@ -9,7 +9,9 @@ learning-rate requests are agreed across workers at fixed decision points.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from absl import logging
 from callbacks.base import Callback
 from callbacks.callback_list import CallbackList
 from callbacks.history import History
-from harness.checkpointing import Checkpointer, JsonState
+from harness.checkpointing import Checkpointer
 from harness.cluster import ClusterInfo, lost_task_message
 from harness.context import TrainerContext
 from harness.data import DatasetFn, accepts_start_step
@@ -28,6 +30,7 @@ from harness.decisions import Decision, DecisionMaker
 from harness.errors import SetupError, UsageError
 from harness.learning_rate import LearningRate, Schedule
 from harness.metrics import MeanMetrics, MetricFn, sparse_categorical_accuracy
+from harness.preemption import PreemptionWatcher
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -85,12 +88,19 @@ class Trainer:
                  metrics: Mapping[str, MetricFn] | None = None, steps_per_execution: int = 1,
                  jit_compile: bool = False, model_dir: str | None = None,
                  checkpoint_max_to_keep: int | None = 3, async_checkpoint: bool = False,
+                 checkpoint_every_n_steps: int | None = None, checkpoint_every_n_seconds: float | None = None,
                  cluster: ClusterInfo | None = None):
         if steps_per_execution < 1:
             raise UsageError(f"--steps_per_execution must be >= 1, got {steps_per_execution}")
         self.strategy, self.model, self.loss = strategy, model, loss
         self.global_batch_size, self.steps_per_execution = global_batch_size, steps_per_execution
         self.jit_compile, self.model_dir = jit_compile, model_dir
+        for name, value in (("checkpoint_every_n_steps", checkpoint_every_n_steps),
+                            ("checkpoint_every_n_seconds", checkpoint_every_n_seconds)):
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name} must be > 0, got {value}")
+        self.checkpoint_every_n_steps, self.checkpoint_every_n_seconds = (checkpoint_every_n_steps,
+                                                                          checkpoint_every_n_seconds)
         self.cluster = cluster or ClusterInfo.from_strategy(strategy)  # override only to simulate a task
         if jit_compile:
             _check_xla_devices(strategy)
@@ -115,14 +125,19 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0
         self.stop_reason: str | None = None
+        self.preempted = False  # stopped by a signal: saved, and a rerun resumes
+        self._watcher = PreemptionWatcher()
+        self._last_save = (time.monotonic(), 0)  # (clock, step) of the newest training checkpoint
         self.history = History()
         self.callbacks = CallbackList([self.history])
         self.weights_checkpoint = tf.train.Checkpoint(model=model)
+        # Epoch, position in the epoch, callback state and history, as JSON: a string variable
+        # (not a PythonState) so that asynchronous checkpoints carry it too.
+        self._progress = tf.Variable("", dtype=tf.string, trainable=False, name="progress")
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, global_step=self.global_step,
             learning_rate_base=self.learning_rate.base, learning_rate_scale=self.learning_rate.scale,
-            train_metrics=self.train_metrics.variable,
-            progress=JsonState(self._progress_state, self._restore_progress_state))
+            train_metrics=self.train_metrics.variable, progress=self._progress)
         self.checkpointer = (Checkpointer(self.checkpoint, f"{model_dir}/checkpoints", is_chief=self.cluster.is_chief,
                                           max_to_keep=checkpoint_max_to_keep, enable_async=async_checkpoint)
                              if model_dir else None)
@@ -223,13 +238,14 @@ class Trainer:
     # ----- state --------------------------------------------------------------------------------
 
     def _progress_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "stop_reason": self.stop_reason,
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "stop_reason": None if self.preempted else self.stop_reason,  # a preempted run is not finished
                 "callbacks": self.callbacks.get_state()}
 
     def _restore_progress_state(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.stop_reason = state["stop_reason"]
-        self._restored_callback_state = state["callbacks"]
+        self.callbacks.set_state(state["callbacks"])
 
     def saver_index(self, callback: Callback) -> int:
         """Index of a saver in the decision vector: 0 is the trainer's checkpoint, then callbacks."""
@@ -240,9 +256,26 @@ class Trainer:
 
     # ----- decisions ------------------------------------------------------------------------------
 
+    def _own_votes(self, votes) -> None:
+        """The trainer's votes: preemption, and checkpoints every N steps or T seconds."""
+        if self._watcher.received:
+            votes.preempted = True
+            votes.stop_reason = votes.stop_reason or f"preempted ({self._watcher.received})"
+            votes.savers.add(0)
+        last_time, last_step = self._last_save
+        every_steps, every_seconds = self.checkpoint_every_n_steps, self.checkpoint_every_n_seconds
+        if every_steps and self.step // every_steps > last_step // every_steps:
+            votes.savers.add(0)
+        if every_seconds and self.cluster.is_chief and time.monotonic() - last_time >= every_seconds:
+            votes.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
+
     def _decide(self, context: TrainerContext) -> Decision:
         votes, context.votes = context.votes, type(context.votes)()
+        self._own_votes(votes)
         decision = self._decision_maker.agree(votes)
+        if decision.preempted and not self.preempted:
+            self.preempted = True
+            self.stop_reason = votes.stop_reason if votes.preempted else "preempted (signal on another worker)"
         if decision.lr_base is not None:
             self.learning_rate.set_base(decision.lr_base)
         if decision.lr_scale is not None:
@@ -275,17 +308,18 @@ class Trainer:
         """
         if self.checkpointer is None or not self.weights_are_finite():
             return None
+        self._last_save = (time.monotonic(), self.step)
+        self._progress.assign(json.dumps(self._progress_state()))
         return self.checkpointer.save(self.step)
 
     def _restore(self) -> None:
         """Resumes from the newest readable checkpoint in model_dir, if any."""
-        self._restored_callback_state = None
         path = self.checkpointer.restore_latest() if self.checkpointer else None
         if path is None:
             return
         self.step = int(self.global_step.numpy())
-        if self._restored_callback_state is not None:
-            self.callbacks.set_state(self._restored_callback_state)
+        self._last_save = (time.monotonic(), self.step)
+        self._restore_progress_state(json.loads(self._progress.numpy()))
         logging.warning("Resuming from %s at step %d (epoch %d, step %d of the epoch).",
                         path, self.step, self.epoch + 1, self.step_in_epoch)
 
@@ -328,6 +362,8 @@ class Trainer:
         if validation_data is not None and not validation_steps:
             raise UsageError("validation_data needs validation_steps (e.g. harness.data.EvalInput(...).steps)")
         self.callbacks = CallbackList([self.history, *callbacks])
+        if self.preempted:  # a new fit after a preemption continues the run
+            self.preempted, self.stop_reason = False, None
         self._decision_maker = DecisionMaker(
             self.strategy, num_workers=self.cluster.num_workers, worker_index=self.cluster.worker_index,
             is_chief=self.cluster.is_chief, num_savers=1 + len(self.callbacks.callbacks))
@@ -336,11 +372,18 @@ class Trainer:
         self.callbacks.set_context(context)
         if resume:
             self._restore()
+        if not self._decision_maker.all_equal(self.step):
+            raise SetupError(f"the workers resumed from different checkpoints (this one at step {self.step}); "
+                             "every worker must see the same model_dir (shared storage such as gs://)")
         if self.epoch >= epochs or self.stop_reason is not None:
             logging.warning("Nothing to do: the run in %s already finished (%d epochs, step %d, stop reason: %s); "
                             "use a new model_dir or --fresh to train again.", self.model_dir, self.epoch, self.step,
                             self.stop_reason or "none")
             return self.history
+        with self._watcher:
+            return self._train(context, train_data, epochs, steps_per_epoch, validation_data, validation_steps)
+
+    def _train(self, context, train_data, epochs, steps_per_epoch, validation_data, validation_steps) -> History:
         self.callbacks.on_train_begin()
         if self._train_loop is None:
             self._train_loop = self._make_train_loop()
@@ -351,7 +394,8 @@ class Trainer:
             if self.step_in_epoch == 0:
                 self.train_metrics.reset()
             self.callbacks.on_epoch_begin(self.epoch)
-            self._decide(context)
+            if self._decide(context).stop:
+                break
             while self.step_in_epoch < steps_per_epoch:
                 k = min(self.steps_per_execution, steps_per_epoch - self.step_in_epoch)
                 wants_logs = self.callbacks.wants_batch_logs(self.step + k)

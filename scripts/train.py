@@ -4,7 +4,8 @@
   python scripts/train.py --strategy=mirrored --num_cpu_devices=2 --model_dir=runs/digits
 
 Every flag is a field of `harness.run.RunConfig`; see README.md for the list and outputs.
-Exit codes: 0 success, 1 failure, 2 usage error (bad flag or TF_CONFIG).
+Exit codes: 0 success, 1 failure, 2 usage error (bad flag or TF_CONFIG), 75 preempted (saved;
+rerun the same command to resume).
 """
 
 import logging as pylogging
@@ -18,6 +19,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from harness import run as run_lib  # noqa: E402
 from harness.errors import SetupError, UsageError  # noqa: E402
+from harness.preemption import EXIT_PREEMPTED  # noqa: E402
 from harness.strategy import STRATEGIES  # noqa: E402
 
 _D = run_lib.RunConfig()
@@ -45,6 +47,10 @@ flags.DEFINE_bool("deterministic", _D.deterministic, "Enable TensorFlow op deter
 flags.DEFINE_string("model_dir", _D.model_dir, "Where checkpoints, logs and summary.json go (gs:// works).")
 flags.DEFINE_bool("fresh", _D.fresh, "Start over: delete this harness's outputs in --model_dir instead of resuming.")
 flags.DEFINE_integer("max_to_keep", _D.max_to_keep, "Training checkpoints to keep.")
+flags.DEFINE_integer("checkpoint_every_n_steps", None, "Also checkpoint every N global steps (epoch ends always).")
+flags.DEFINE_float("checkpoint_every_n_seconds", None, "Also checkpoint every T seconds (the chief's clock).")
+flags.DEFINE_bool("async_checkpoint", _D.async_checkpoint, "Write checkpoints in the background.")
+flags.DEFINE_string("export_dir", _D.export_dir, "At the end, export a SavedModel and a .keras file here.")
 # Callbacks.
 flags.DEFINE_bool("progress", _D.progress, "Progress bar (live on a terminal, periodic lines otherwise).")
 flags.DEFINE_bool("tensorboard", _D.tensorboard, "TensorBoard event files under <model_dir>/tensorboard.")
@@ -81,13 +87,17 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
         pylogging.getLogger("tensorflow").setLevel(pylogging.WARNING)
     try:
-        run_lib.run(config_from_flags())
+        summary = run_lib.run(config_from_flags())
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if summary["preempted"]:
+        print(f"Preempted: saved at step {summary['global_step']}; rerun the same command to resume "
+              f"(exit code {EXIT_PREEMPTED}).", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 
