@@ -30,9 +30,11 @@ def throughput_cells(rows: list[Row]) -> dict[tuple, dict[str, Row]]:
 
 
 def ratio(a: Row | None, b: Row | None) -> float | None:
+    """a's speed over b's: the harness row's paired ratio (median over repeats) when it has one."""
     if not a or not b or a["status"] != "ok" or b["status"] != "ok":
         return None
-    return a["steps_per_sec"] / b["steps_per_sec"]
+    paired = a.get(f"vs_{b['contender']}")
+    return paired if paired is not None else a["steps_per_sec"] / b["steps_per_sec"]
 
 
 def keras_target(model: str, k: int) -> float:
@@ -179,13 +181,40 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
+METHOD = """\
+## Method
+
+- Same for every contender: the model (same initial weights), the strategy object, SGD (lr 0.01), sparse
+  categorical cross-entropy from logits, and the data: one in-memory synthetic batch per replica, repeated
+  (`distribute_datasets_from_function`), so the numbers measure the training loop, not an input pipeline.
+  `default` is TensorFlow's default strategy (1 replica); `mirrored` uses 2 logical CPU devices.
+- minimal: one `tf.function` running K steps in a `tf.range` loop (forward, per-example loss averaged
+  over the global batch, gradients, SGD update, running loss and accuracy sums read once per epoch);
+  no callbacks, no checkpoints.
+- harness: `harness.Trainer.fit` with the default callbacks of `scripts/train.py` (TensorBoard,
+  CSVLogger, ProgressBar into a buffer) and its training-state checkpoint at every epoch end.
+- Keras fit: `model.compile(..., metrics=["accuracy"], steps_per_execution=K)`, `model.fit(verbose=1)`
+  (progress bar into a buffer) with TensorBoard, CSVLogger and BackupAndRestore (Keras's training-state
+  checkpoint, every epoch).
+- One measurement is one training call of 2 epochs (1 in the tiny smoke run); the first is the warm-up and
+  is not timed. An epoch lasts about 2 s of the minimal loop (its speed is probed per strategy and K; 0.5 s
+  in the quick run), rounded to a multiple of K, so per-epoch costs are amortised over a short but
+  realistic epoch; the epoch-end table gives them in ms, to rescale to other epoch lengths.
+- Time to first step: from the training call (the first loop call for the minimal loop) to the end of
+  the first step, K=1, after a throwaway warm-up of TensorFlow and Keras in the same process.
+"""
+
+
 def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str) -> str:
     out = [f"# Benchmarks: harness vs a minimal loop vs Keras fit ({settings_name} run)", "",
            f"- Machine: {machine['cpu']}, {machine['cores']} cores, no GPU; {machine['platform']}",
            f"- Date: {machine['date']}; TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
            f"Python {machine['python']}; harness commit {machine['harness_commit']}",
            f"- Command: `{machine['command']}`", "",
-           "## Training throughput (medians; default callbacks on for the harness and Keras)", "",
+           "## Training throughput", "",
+           "Medians over repeats; the contenders run back to back in each repeat, in an order rotated every "
+           "repeat, and a ratio is the median over repeats of the harness's speed over the other's in that repeat. "
+           "Default callbacks on for the harness and Keras fit; a checkpoint at every epoch end.", "",
            *throughput_table(rows), "", "## Targets", "", *targets(rows), "",
            "## Time to first step (trace + compile + one step, from the training call)", "",
            *first_step_table(rows), "",
@@ -197,4 +226,5 @@ def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str) -> st
         out += ["## Checkpoint stall (medians)", "", *checkpoint_table(rows), ""]
     if any(r["benchmark"] == "dispatch" for r in rows):
         out += ["## Callback dispatch (medians, no logs)", "", *dispatch_table(rows), ""]
+    out += [METHOD]
     return "\n".join(out)

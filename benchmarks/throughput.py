@@ -3,7 +3,8 @@
 For each strategy and model the three contenders are built (in an order that rotates from
 one configuration to the next) and each times its first step (trace + compile). Then, for
 each K, each contender runs `repeats` measurements, the contenders alternating in an order
-rotated every repeat; a row holds the median. A contender that raises is recorded as
+rotated every repeat; a row holds the median, and the harness's row the medians over
+repeats of its speed relative to each other contender in the same repeat. A contender that raises is recorded as
 "fails" with the exception, and is not measured again at that K.
 """
 
@@ -39,6 +40,13 @@ def describe(error: BaseException) -> str:
     inner = [m.group(1) for m in map(_INNER_ERROR.match, lines) if m]
     message = root or (inner[-1] if inner else None) or (lines[0] if lines else "")
     return f"{type(error).__name__}: {message[:200]}".rstrip(": ")
+
+
+def paired_ratio(by_repeat: list[dict[str, float]], a: str, b: str, errors: dict[str, str]) -> float | None:
+    """Median over repeats of a's steps/s over b's in the same repeat: drifts in machine load cancel."""
+    if a in errors or b in errors:
+        return None
+    return median([r[a] / r[b] for r in by_repeat if a in r and b in r])
 
 
 def build(name: str, workload: Workload, model_dir: str):
@@ -106,17 +114,25 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
                 errors[name] = describe(e)
                 log(f"  {name} fails at K={k}: {errors[name]}")
         measurements: dict[str, list] = {name: [] for name in CONTENDERS}
+        by_repeat: list[dict[str, float]] = []  # steps/s of the contenders that ran back to back in one repeat
         for repeat in range(spec.repeats):
+            by_repeat.append({})
             for name in rotated(CONTENDERS, repeat + order_shift):
                 if name in errors:
                     continue
                 try:
-                    measurements[name].append(contenders[name].measure(k, steps_per_epoch, spec.epochs))
+                    measurement = contenders[name].measure(k, steps_per_epoch, spec.epochs)
                 except Exception as e:  # noqa: BLE001
                     errors[name] = describe(e)
                     log(f"  {name} fails at K={k}: {errors[name]}")
+                    continue
+                measurements[name].append(measurement)
+                by_repeat[-1][name] = measurement.steps_per_sec
         for name in CONTENDERS:
             row = _throughput_row(workload, name, k, spec, steps_per_epoch, measurements[name], errors.get(name))
+            if name == "harness":
+                for other in ("minimal", "keras"):
+                    row[f"vs_{other}"] = paired_ratio(by_repeat, name, other, errors)
             rows.append(row)
             speed = f"{row['steps_per_sec']:9.1f} steps/s" if row["status"] == "ok" else "    fails"
             log(f"  {workload.strategy_name}/{spec.name} K={k:<3d} {name:8s} {speed}  "
