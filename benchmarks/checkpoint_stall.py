@@ -15,6 +15,7 @@ same saves with the fix in `benchmarks/proposed_fixes.py` applied.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -27,9 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 import harness
+from benchmarks.failures import describe
 from benchmarks.proposed_fixes import keras_async_checkpoint_copy
 from benchmarks.timing import median, now, rotated
-from benchmarks.throughput import describe
 
 BATCH = 8
 AFTER_SAVE_S = 0.6  # train this long after a save returns, to see what an async save costs while it writes
@@ -98,15 +99,7 @@ class _Saver:
 
 
 def _fix_for(mode: str):
-    return keras_async_checkpoint_copy() if mode == "async+fix" else _no_fix()
-
-
-class _no_fix:  # noqa: N801  (a do-nothing context manager)
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return keras_async_checkpoint_copy() if mode == "async+fix" else contextlib.nullcontext()
 
 
 def run(kernel: int, repeats: int, workdir: str, log: Callable[[str], None] = _log) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import keras
 
 from benchmarks.harness_fit import HarnessFit, _LastStamper, _Stamper
 from benchmarks.keras_fit import KerasFit
-from benchmarks.timing import median, rotated, time_calls
+from benchmarks.timing import Stamps, median, rotated, time_calls
 from benchmarks.workload import Workload
 from callbacks import CallbackList
 
@@ -62,7 +62,6 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
 def _keras_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
     contender = KerasFit(workload, os.path.join(workdir, "dispatch-keras"))
     contender.first_step()
-    from benchmarks.timing import Stamps  # pylint: disable=import-outside-toplevel
     user = contender._callbacks(Stamps())[1:-1]  # pylint: disable=protected-access  (TB, CSV, BackupAndRestore...)
     callbacks = keras.callbacks.CallbackList(user, add_history=True, add_progbar=True, model=contender.model,
                                              verbose=1, epochs=1, steps=STEPS_PER_EPOCH)

@@ -11,12 +11,12 @@ repeats of its speed relative to each other contender in the same repeat. A cont
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import harness
+from benchmarks.failures import describe
 from benchmarks.harness_fit import HarnessFit
 from benchmarks.keras_fit import KerasFit
 from benchmarks.minimal_loop import MinimalLoop
@@ -25,21 +25,6 @@ from benchmarks.timing import median, rotated
 from benchmarks.workload import Workload
 
 Row = dict[str, Any]
-_ROOT_ERROR = re.compile(r"^\(0\) [A-Z_]+:\s*(.+)$")  # "(0) INVALID_ARGUMENT:  You must feed..."
-_INNER_ERROR = re.compile(r"^\w+(?:Error|Exception): (.+)$")  # "ValueError: tf.function only supports..."
-
-
-def describe(error: BaseException) -> str:
-    """`Type: message`, short enough for a table.
-
-    TensorFlow's first root error ("(0) INVALID_ARGUMENT: ...") or the innermost "XError: ..."
-    line of a traced error ("in user code: ..."), else the first line.
-    """
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    root = next((m.group(1) for m in map(_ROOT_ERROR.match, lines) if m), None)
-    inner = [m.group(1) for m in map(_INNER_ERROR.match, lines) if m]
-    message = root or (inner[-1] if inner else None) or (lines[0] if lines else "")
-    return f"{type(error).__name__}: {message[:200]}".rstrip(": ")
 
 
 def paired_ratio(by_repeat: list[dict[str, float]], a: str, b: str, errors: dict[str, str]) -> float | None:

@@ -12,11 +12,12 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from callbacks.base import Callback
 
 
-def write_purge_event(log_dir: str, step: int) -> None:
-    """Marks a restart at `step`: TensorBoard's reader drops older events at or after it.
+def write_start_event(log_dir: str, step: int) -> None:
+    """Marks the start of a session at `step` (TensorBoard's SessionLog.START).
 
-    A resumed run redoes the steps after its checkpoint; without the mark, the events the
-    interrupted run wrote for those steps would show twice.
+    TensorBoard ignores a run's first start mark, and at any later one (a resumed run) it
+    drops the earlier events at or after its step: the steps the resumed run redoes would
+    otherwise show twice.
     """
     writer = EventFileWriter(log_dir, filename_suffix=".restart")
     writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
@@ -71,9 +72,8 @@ class TensorBoard(Callback):
         step = self.context.global_step
         for name in ("train", "validation"):
             tf.io.gfile.makedirs(f"{self._root}/{name}")
-            if step > 0:
-                write_purge_event(f"{self._root}/{name}", step + 1)
-        if step > 0:  # event files sort by creation second: keep the restart mark before the new files
+            write_start_event(f"{self._root}/{name}", step + 1 if step else 0)
+        if step > 0:  # event files are read in name order, by creation second: the mark must precede new files
             time.sleep(1.0 - time.time() % 1.0 + 0.01)
         self._writers = {name: tf.summary.create_file_writer(f"{self._root}/{name}")
                          for name in ("train", "validation")}

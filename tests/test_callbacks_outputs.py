@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, ProgressBar, RunSummary,
                        TensorBoard, TerminateOnNaN)

@@ -1,0 +1,242 @@
+"""Exact resume with real processes: killed (SIGKILL) or preempted (SIGTERM) runs, rerun with the
+same command, end bitwise-equal to an uninterrupted run, with the same logs."""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+from harness.launch import LocalCluster, local_cluster
+from harness.preemption import EXIT_PREEMPTED
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TRAIN = [sys.executable, os.path.join(ROOT, "scripts/train.py")]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+SEED = int(os.environ.get("RESUME_TEST_SEED", random.randrange(1_000_000)))
+FLAGS = ["--deterministic", "--epochs=4", "--steps_per_epoch=10", "--checkpoint_every_n_steps=3", "--max_to_keep=50",
+         "--update_freq=2"]
+STRATEGIES = {"default": ["--strategy=default"], "mirrored": ["--strategy=mirrored", "--num_cpu_devices=2"]}
+
+
+def log_path(model_dir):
+    return f"{model_dir}.log"
+
+
+def start(args, model_dir):
+    log = open(log_path(model_dir), "a")
+    return subprocess.Popen([*TRAIN, *args, f"--model_dir={model_dir}"], env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def checkpoint_steps(model_dir):
+    state = tf.train.get_checkpoint_state(f"{model_dir}/checkpoints")
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+def interrupt_at_random_step(process, model_dir, sig, rng):
+    """Sends `sig` at a random moment after the first checkpoint, before the run ends."""
+    while not checkpoint_steps(model_dir) and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.6))
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+def variables(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{model_dir}/checkpoints"))
+    keys = [k for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k]
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+def assert_same_run(resumed, reference):
+    """Bitwise-equal final state; CSV, TensorBoard and summary.json as if never interrupted."""
+    a, b = variables(resumed), variables(reference)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], bytes):  # the progress JSON: position, callback state, history
+            assert json.loads(a[key]) == json.loads(b[key]), key
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert list(csv.reader(open(f"{resumed}/metrics.csv"))) == list(csv.reader(open(f"{reference}/metrics.csv")))
+    for name, tag in (("train", "epoch_loss"), ("train", "batch_loss"), ("validation", "epoch_accuracy")):
+        events = []
+        for run in (resumed, reference):
+            accumulator = EventAccumulator(f"{run}/tensorboard/{name}", size_guidance={"tensors": 0})
+            accumulator.Reload()
+            events.append([(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)])
+        steps = [s for s, _ in events[0]]
+        assert steps == sorted(set(steps)) == [s for s, _ in events[1]], (name, tag)
+        assert [v for _, v in events[0]] == pytest.approx([v for _, v in events[1]], rel=1e-6)
+    summaries = [json.loads(open(f"{run}/summary.json").read()) for run in (resumed, reference)]
+    assert summaries[0]["history"] == summaries[1]["history"]
+    assert summaries[0]["global_step"] == summaries[1]["global_step"] == 40
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, data_dir):
+    """Uninterrupted runs, one per strategy, started together (two cores)."""
+    root = tmp_path_factory.mktemp("reference")
+    runs = {name: start([*flags, *FLAGS, f"--data_dir={data_dir}"], f"{root}/{name}")
+            for name, flags in STRATEGIES.items()}
+    for name, process in runs.items():
+        assert process.wait(timeout=600) == 0, open(log_path(f"{root}/{name}")).read()[-3000:]
+    return {name: f"{root}/{name}" for name in runs}
+
+
+@pytest.mark.parametrize("strategy, sig", [("default", signal.SIGKILL), ("mirrored", signal.SIGKILL),
+                                           ("mirrored", signal.SIGTERM)])
+def test_interrupted_run_resumes_exactly(tmp_path, data_dir, references, strategy, sig):
+    rng = random.Random(SEED)
+    print(f"RESUME_TEST_SEED={SEED}")
+    args = [*STRATEGIES[strategy], *FLAGS, f"--data_dir={data_dir}"]
+    model_dir = str(tmp_path / "run")
+    code = interrupt_at_random_step(start(args, model_dir), model_dir, sig, rng)
+    log = open(log_path(model_dir)).read()
+    if code == 0:
+        pytest.skip(f"the run finished before the signal (seed {SEED})")
+    if sig == signal.SIGTERM:
+        assert code == EXIT_PREEMPTED, log[-3000:]
+        saved = int(log.split("Preempted: saved at step ")[1].split(";")[0])
+        assert max(checkpoint_steps(model_dir)) == saved  # no lost step: saved where it stopped
+    else:
+        assert code == -signal.SIGKILL
+    assert start(args, model_dir).wait(timeout=600) == 0, open(log_path(model_dir)).read()[-3000:]
+    assert "Resuming from" in open(log_path(model_dir)).read()
+    assert_same_run(model_dir, references[strategy])
+
+
+def run_cluster(args, model_dir, interrupt=None, rng=None):
+    log = open(log_path(model_dir), "a")
+    cluster = LocalCluster([*TRAIN, "--strategy=multi_worker_mirrored", *args, f"--model_dir={model_dir}"],
+                           local_cluster(2), out=log, grace_s=30, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    cluster.start()
+    if interrupt:
+        victim = cluster._task("worker:1").process
+        while not checkpoint_steps(model_dir) and victim.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        victim.send_signal(interrupt)
+    code = cluster.wait()
+    log.close()
+    return code
+
+
+@pytest.mark.multiprocess
+def test_cluster_resumes_exactly_after_a_worker_is_killed_or_preempted(tmp_path, data_dir):
+    rng = random.Random(SEED)
+    args = [*FLAGS, f"--data_dir={data_dir}"]
+    reference = str(tmp_path / "reference")
+    assert run_cluster(args, reference) == 0, open(log_path(reference)).read()[-3000:]
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        model_dir = str(tmp_path / signal.Signals(sig).name)
+        code = run_cluster(args, model_dir, interrupt=sig, rng=rng)
+        log = open(log_path(model_dir)).read()
+        if code == 0:
+            continue  # finished before the signal
+        if sig == signal.SIGTERM:  # one worker was signalled; both saved the same step and stopped
+            assert code == EXIT_PREEMPTED, log[-3000:]
+            saved = [int(line.split("saved at step ")[1].split(";")[0]) for line in log.splitlines()
+                     if "Preempted: saved at step" in line]
+            assert len(saved) == 2 and saved[0] == saved[1] == max(checkpoint_steps(model_dir))
+        assert run_cluster(args, model_dir) == 0, open(log_path(model_dir)).read()[-3000:]
+        assert_same_run(model_dir, reference)
+
+
+def test_early_stopping_interrupted_mid_patience_stops_at_the_same_epoch(tmp_path, data_dir):
+    args = ["--strategy=default", "--deterministic", "--epochs=12", "--steps_per_epoch=5", f"--data_dir={data_dir}",
+            "--early_stopping_patience=2", "--monitor=val_loss", "--min_delta=0.2", "--learning_rate=3e-4",
+            "--tensorboard=false"]
+    reference = str(tmp_path / "reference")
+    assert start(args, reference).wait(timeout=600) == 0
+    summary = json.loads(open(f"{reference}/summary.json").read())
+    stopped = summary["epochs_completed"]
+    assert summary["stop_reason"].startswith("early stopping") and stopped < 12
+    model_dir = str(tmp_path / "run")  # killed after the epoch before the stop: patience half used
+    process = start(args, model_dir)
+    while f"Epoch {stopped - 1}/12 " not in open(log_path(model_dir)).read():
+        assert process.poll() is None, open(log_path(model_dir)).read()[-3000:]
+        time.sleep(0.05)
+    while (stopped - 1) * 5 not in checkpoint_steps(model_dir):
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    if json.loads(open(f"{model_dir}/summary.json").read())["epochs_completed"] >= stopped:
+        pytest.skip("the run reached the stop before the kill")
+    assert start(args, model_dir).wait(timeout=600) == 0
+    resumed = json.loads(open(f"{model_dir}/summary.json").read())
+    assert resumed["epochs_completed"] == stopped
+    assert resumed["stop_reason"] == summary["stop_reason"] and resumed["history"] == summary["history"]
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "run")
+    job = [sys.executable, os.path.join(ROOT, "tests/slow_save_job.py"), model_dir]
+    process = subprocess.Popen(job, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    directory = f"{model_dir}/checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for a second save to be under way, then kill it
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        if checkpoint_steps(model_dir) and any("_temp" in n for n in names):
+            break
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    complete = max(checkpoint_steps(model_dir))
+    result = subprocess.run([*job, "--resume_only"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"RESUMED {complete}" in result.stdout
+    assert "Found an incomplete checkpoint" in result.stdout
+
+
+def test_async_checkpoints_equal_synchronous_ones(tmp_path, digits):
+    from harness import TrainInput
+    from tests.conftest import make_trainer, strategy
+
+    for mode in ("sync", "async"):
+        trainer = make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path / mode),
+                               async_checkpoint=mode == "async", checkpoint_every_n_steps=4, optimizer="adam")
+        trainer.fit(TrainInput(digits.train_examples, digits.num_train_examples, 32), epochs=2, steps_per_epoch=6)
+    assert checkpoint_steps(str(tmp_path / "sync")) == checkpoint_steps(str(tmp_path / "async")) == [4, 6, 8, 12]
+    for step in (4, 8, 12):
+        readers = [tf.train.load_checkpoint(str(tmp_path / mode / f"checkpoints/ckpt-{step}")) for mode in
+                   ("sync", "async")]
+        keys = [k for k in readers[0].get_variable_to_shape_map() if "OBJECT_GRAPH" not in k]
+        assert sorted(keys) == sorted(k for k in readers[1].get_variable_to_shape_map() if "OBJECT_GRAPH" not in k)
+        for key in keys:
+            a, b = readers[0].get_tensor(key), readers[1].get_tensor(key)
+            assert (a == b) if isinstance(a, bytes) else np.array_equal(a, b), key
+
+
+def test_export_loads_and_predicts_in_a_fresh_process(tmp_path, data_dir):
+    export_dir = str(tmp_path / "export")
+    result = subprocess.run([*TRAIN, "--strategy=mirrored", "--num_cpu_devices=2", "--epochs=3",
+                             f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", f"--export_dir={export_dir}"],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = f"""
+import json, sys
+sys.path.insert(0, {ROOT!r})
+import keras, numpy as np, tensorflow as tf
+import harness
+source = harness.load_source("digits", {data_dir!r})
+x, y = next(iter(source.eval_examples().batch(297)))
+x = tf.cast(x, tf.float32) / 255.0
+served = tf.saved_model.load({export_dir!r} + "/saved_model").serve(x).numpy()
+keras_model = keras.models.load_model({export_dir!r} + "/model.keras").predict(x, verbose=0)
+print(json.dumps({{"max_diff": float(np.abs(served - keras_model).max()),
+                   "accuracy": float((served.argmax(-1) == y.numpy()).mean())}}))
+"""
+    loaded = subprocess.run([sys.executable, "-c", check], env=ENV, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    outcome = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert outcome["max_diff"] < 1e-5 and outcome["accuracy"] > 0.8
