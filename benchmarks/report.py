@@ -162,6 +162,12 @@ def targets(rows: list[Row]) -> list[str]:
     mlp_k1 = {key: v for key, v in vs_keras.items() if key[1] == "mlp" and key[2] == 1}
     summary(f"harness / Keras fit >= {TARGET_VS_KERAS_MLP_K1} (MLP, K=1)", mlp_k1, lambda m, k: TARGET_VS_KERAS_MLP_K1)
     summary(f"harness / Keras fit >= {TARGET_VS_KERAS} (wherever Keras runs)", vs_keras, lambda m, k: TARGET_VS_KERAS)
+    for row in rows:
+        if row["benchmark"] == "noise_floor":
+            lines.append(f"- noise floor: the minimal loop against itself, alternated the same way "
+                         f"({row['strategy']}/{row['model']}/K={row['steps_per_execution']}, {row['repeats']} repeats): "
+                         f"median {row['ratio_median']:.2f}, range {row['ratio_min']:.2f}-{row['ratio_max']:.2f}; "
+                         "a ratio within that range of its target cannot be told apart from it on this machine")
     ckpt = {r["mode"]: r for r in rows if r["benchmark"] == "checkpoint"}
     if "sync" in ckpt and ckpt["sync"]["status"] == "ok":
         sync_time = ckpt["sync"]["total_s"]

@@ -44,7 +44,7 @@ harness.configure_cpu_devices(NUM_CPU_DEVICES)  # before TensorFlow initialises 
 
 from absl import logging  # noqa: E402
 
-from benchmarks import checkpoint_stall, dispatch, machine, report, settings, throughput  # noqa: E402
+from benchmarks import checkpoint_stall, dispatch, machine, noise_floor, report, settings, throughput  # noqa: E402
 from benchmarks.workload import Workload  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="these models (default: both; mlp for --quick and --tiny)")
     parser.add_argument("--strategies", nargs="+", choices=settings.STRATEGIES, help="only these strategies")
     parser.add_argument("--steps_per_execution", nargs="+", type=int, help="only these K (default: 1 10 100)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=["throughput", "checkpoint", "dispatch"],
+    parser.add_argument("--skip", nargs="+", default=[], choices=["noise", "throughput", "checkpoint", "dispatch"],
                         help="sections to leave out")
     parser.add_argument("--workdir", help="where the runs write checkpoints and logs (default: a temporary "
                                           "directory, deleted afterwards)")
@@ -106,6 +106,11 @@ def main(argv: list[str]) -> int:
     try:
         log(f"benchmarks ({chosen.name}): warming up")
         warm_up(chosen, workdir)
+        if "noise" not in args.skip:
+            spec = chosen.model("mlp")
+            log(f"noise floor: the minimal loop twice, default / mlp, K=1, {spec.repeats} repeats")
+            rows += noise_floor.run(Workload("default", harness.build_strategy("default"), spec), 1, spec.repeats,
+                                    chosen.probe_seconds, log)
         if "throughput" not in args.skip:
             throughput_rows, first_steps = throughput.run(chosen, workdir, log)
             rows += throughput_rows + first_steps

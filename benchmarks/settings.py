@@ -62,7 +62,7 @@ class Settings:
 
 FULL = Settings(
     name="full",
-    models=(ModelSpec("mlp", (8, 8, 1), 64, epochs=2, repeats=5, epoch_seconds=2.0),
+    models=(ModelSpec("mlp", (8, 8, 1), 64, epochs=2, repeats=7, epoch_seconds=2.0),
             ModelSpec("resnet", (16, 16, 3), 32, epochs=2, repeats=3, epoch_seconds=2.0)),
     default_models=("mlp", "resnet"), probe_seconds=0.5,
     checkpoint_kernel=5000, checkpoint_repeats=5, dispatch_calls=20000, dispatch_repeats=5)

@@ -122,8 +122,6 @@ class Checkpointer:
                 self.checkpoint.write(f"{directory}/ckpt", options=self._options)
                 self.checkpoint.sync()
             return None
-        if self._manager.latest_checkpoint and self._manager.latest_checkpoint.endswith(f"-{step}"):
-            return self._manager.latest_checkpoint  # this step is already saved
         return self._manager.save(checkpoint_number=step, options=self._options)
 
     def sync(self) -> None:
@@ -155,7 +153,7 @@ class Checkpointer:
                     (tf.io.gfile.rmtree if tf.io.gfile.isdir(name) else tf.io.gfile.remove)(name)
         for i, path in enumerate(candidates):
             try:
-                self.checkpoint.read(path).assert_existing_objects_matched()
+                self.checkpoint.read(path).assert_existing_objects_matched().expect_partial()
             except (tf.errors.OpError, ValueError, AssertionError) as e:
                 logging.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.",
                                 path, type(e).__name__, str(e).splitlines()[0][:200])

@@ -306,8 +306,8 @@ class Trainer:
 
         Never overwrites the last good checkpoint with non-finite weights.
         """
-        if self.checkpointer is None or not self.weights_are_finite():
-            return None
+        if self.checkpointer is None or self._last_save[1] == self.step or not self.weights_are_finite():
+            return None  # (the same decision on every worker: a save reads synchronised variables collectively)
         self._last_save = (time.monotonic(), self.step)
         self._progress.assign(json.dumps(self._progress_state()))
         return self.checkpointer.save(self.step)

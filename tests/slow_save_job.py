@@ -18,7 +18,6 @@ import harness  # noqa: E402
 
 def main(model_dir, *flags):
     logging.set_verbosity(logging.WARNING)
-    logging.get_absl_handler().python_handler.stream = sys.stdout
     strategy = harness.build_strategy("default")
     with strategy.scope():
         model = keras.Sequential([keras.Input((5000,)), keras.layers.Dense(5000), keras.layers.Dense(10)])

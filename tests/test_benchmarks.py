@@ -54,6 +54,9 @@ def test_tiny_run_produces_every_row(tmp_path):
     assert checkpoint["sync"]["status"] == "ok" and checkpoint["sync"]["blocked_s"] > 0
     assert checkpoint["async"]["status"] in ("ok", "fails")
 
+    noise, = by(rows, "noise_floor")
+    assert noise["status"] == "ok" and noise["ratio_median"] > 0
+
     hooks = {(r["contender"], r["hook"]) for r in by(rows, "dispatch")}
     assert {("harness", "on_train_batch_end"), ("harness", "decision point"), ("keras", "on_train_batch_end")} <= hooks
     assert all(r["us_per_call"] > 0 for r in by(rows, "dispatch"))
@@ -61,8 +64,8 @@ def test_tiny_run_produces_every_row(tmp_path):
 
 def test_tiny_resnet_runs_for_every_contender(tmp_path):
     _, rows = run_benchmark(tmp_path, "--models", "resnet", "--strategies", "default", "--steps_per_execution", "1",
-                            "--skip", "checkpoint", "dispatch")
+                            "--skip", "noise", "checkpoint", "dispatch")
     throughput = by(rows, "throughput")
     assert sorted(r["contender"] for r in throughput) == sorted(CONTENDERS)
     assert all(r["model"] == "resnet" and r["status"] == "ok" and r["steps_per_sec"] > 0 for r in throughput)
-    assert not by(rows, "checkpoint") and not by(rows, "dispatch")
+    assert not by(rows, "checkpoint") and not by(rows, "dispatch") and not by(rows, "noise_floor")
