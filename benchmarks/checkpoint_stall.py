@@ -1,21 +1,19 @@
 """Checkpoint stall: how long a save holds up the training loop, synchronous vs async.
 
 The model has one `kernel x kernel` float32 Dense kernel (5000 x 5000: 100 MB of variables)
-and each mode has its own Trainer and checkpoint directory. One sample: two training steps,
-then `trainer.checkpointer.save(step)` (`blocked_s`: until it returns), one more training
-step (`next_step_extra_s`: how much longer it takes than the step before the save; an async
-save's copy or write can land there), then `checkpointer.sync()` (`total_s`: the save call
-until the checkpoint is on disk). `stall_s` = blocked + next-step extra. One warm-up save per
-mode (the first async save allocates its host copies); then the modes alternate.
-
-The harness's `async_checkpoint=True` fails from its second save with Keras 3 variables; the
-row then reports "fails" and the first save's times, and the mode "async+fix" measures the
-same saves with the fix in `benchmarks/proposed_fixes.py` applied.
+and each mode (`Trainer(async_checkpoint=False/True)`) has its own Trainer and checkpoint
+directory. One sample is two saves. First `trainer.checkpointer.save(step)` then
+`checkpointer.sync()`: `total_s`, until the checkpoint is on disk. Then, in a training loop:
+five training steps (their median is the normal step time), a save (`blocked_s`: until
+`save` returns), and training steps for about 0.6 s (`after_save_extra_s`: how much longer
+they took than normal steps; an async save copies and writes in the background, on the same
+2 cores). `stall_s`, the training time lost to the save, is blocked + that extra. One
+warm-up save per mode (the first async save allocates its host copies), then the modes
+alternate. A mode whose save raises is reported as "fails", with the error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -29,7 +27,6 @@ import tensorflow as tf
 
 import harness
 from benchmarks.failures import describe
-from benchmarks.proposed_fixes import keras_async_checkpoint_copy
 from benchmarks.timing import median, now, rotated
 
 BATCH = 8
@@ -98,46 +95,40 @@ class _Saver:
                 "total_s": total}
 
 
-def _fix_for(mode: str):
-    return keras_async_checkpoint_copy() if mode == "async+fix" else contextlib.nullcontext()
-
-
 def run(kernel: int, repeats: int, workdir: str, log: Callable[[str], None] = _log) -> list[dict[str, Any]]:
-    savers = {mode: _Saver(mode, kernel, os.path.join(workdir, f"checkpoint-{mode.replace('+', '-')}"))
-              for mode in ("sync", "async", "async+fix")}
+    savers = {mode: _Saver(mode, kernel, os.path.join(workdir, f"checkpoint-{mode}")) for mode in ("sync", "async")}
     steps = itertools.count(1)
     samples: dict[str, list[dict[str, float]]] = {mode: [] for mode in savers}
     first: dict[str, dict[str, float]] = {}
     errors: dict[str, str] = {}
     for mode, saver in savers.items():  # warm-up: the first save of each mode (it allocates the host copies)
-        with _fix_for(mode):
+        try:
             first[mode] = saver.first_save(next(steps))
+        except Exception as e:  # noqa: BLE001
+            errors[mode] = describe(e)
     for repeat in range(repeats + 1):  # one more: the first repeat of an async mode is its first copy (a trace)
         for mode in rotated(list(savers), repeat):
             if mode in errors:
                 continue
             try:
-                with _fix_for(mode):
-                    result = savers[mode].sample(steps)
+                result = savers[mode].sample(steps)
             except Exception as e:  # noqa: BLE001
                 errors[mode] = describe(e)
                 continue
             if repeat:
                 samples[mode].append(result)
-    if "async" not in errors:
-        del savers["async+fix"]  # the harness's own async saves work: nothing to fix
     rows = []
     for mode, saver in savers.items():
         row: dict[str, Any] = {"benchmark": "checkpoint", "mode": mode, "megabytes": round(saver.megabytes, 1),
                                "repeats": len(samples[mode]), "status": "fails" if mode in errors else "ok",
-                               "error": errors.get(mode), "first_save": first[mode]}
+                               "error": errors.get(mode), "first_save": first.get(mode)}
         for key in ("blocked_s", "after_save_extra_s", "stall_s", "total_s"):
             row[key] = median([s[key] for s in samples[mode]]) if mode not in errors else None
             row[f"samples_{key}"] = [s[key] for s in samples[mode]]
         rows.append(row)
         if mode in errors:
-            log(f"  checkpoint {mode:9s} fails: {errors[mode]} (first save: blocked {first[mode]['blocked_s']:.3f}s)")
+            log(f"  checkpoint {mode:5s} fails: {errors[mode]}")
         else:
-            log(f"  checkpoint {mode:9s} {saver.megabytes:.0f} MB: blocked {row['blocked_s']:.3f}s, stall "
+            log(f"  checkpoint {mode:5s} {saver.megabytes:.0f} MB: blocked {row['blocked_s']:.3f}s, stall "
                 f"{row['stall_s']:.3f}s, on disk after {row['total_s']:.3f}s")
     return rows

@@ -120,8 +120,8 @@ def checkpoint_table(rows: list[Row]) -> list[str]:
     for row in ckpt:
         if row["status"] != "ok":
             first = row["first_save"]
-            lines.append(f"| {row['mode']} | {row['megabytes']:.0f} | fails from the 2nd save (1st save: "
-                         f"{_seconds(first['blocked_s'])}) | – | – | – | – |")
+            where = f"fails from the 2nd save (1st save: {_seconds(first['blocked_s'])})" if first else "fails"
+            lines.append(f"| {row['mode']} | {row['megabytes']:.0f} | {where} | – | – | – | – |")
             continue
         relative = [f"{row[k] / sync['total_s']:.1%}" if sync and row["mode"] != "sync" else "–"
                     for k in ("blocked_s", "stall_s")]
@@ -171,7 +171,7 @@ def targets(rows: list[Row]) -> list[str]:
     ckpt = {r["mode"]: r for r in rows if r["benchmark"] == "checkpoint"}
     if "sync" in ckpt and ckpt["sync"]["status"] == "ok":
         sync_time = ckpt["sync"]["total_s"]
-        for mode in ("async", "async+fix"):
+        for mode in ("async",):
             row = ckpt.get(mode)
             if row is None:
                 continue
