@@ -26,7 +26,15 @@ class CallbackContext(Protocol):
     steps_per_execution: int
     global_batch_size: int
     global_step: int
-    epoch: int
+    epoch: int  # the current epoch (0-based)
+    epochs_completed: int
+    step_in_epoch: int
+    has_validation: bool
+    stop_reason: str | None
+    history: Any  # the run's callbacks.History
+    callbacks: list  # every callback of the run, in order
+    metric_names: tuple[str, ...]  # every name a log of this trainer can have
+    logged_names: tuple[str, ...]  # the names this run's epoch logs have
 
     @property
     def learning_rate(self) -> float:
@@ -39,17 +47,27 @@ class CallbackContext(Protocol):
     def scale_learning_rate(self, factor: float) -> None:
         """Multiplies the learning rate by `factor` from now on (the chief's value wins)."""
 
+    def set_learning_rate_schedule(self, schedule) -> None:
+        """Installs a per-step schedule `schedule(step) -> rate`, evaluated in graph; call from `on_train_begin`."""
+
     def request_stop(self, reason: str) -> None:
         """Asks every worker to stop after the current decision point; `reason` lands in summary.json."""
 
     def request_save(self, callback: Callback) -> None:
         """Asks every worker to call `callback.on_save()` at the current decision point."""
 
-    def save_weights(self, path: str) -> None:
-        """Writes a `tf.train.Checkpoint(model=...)` at `path` (chief) or a discarded temporary (others)."""
+    def request_checkpoint(self) -> None:
+        """Asks for a training-state checkpoint (the resume point) at this decision point."""
 
-    def save_model(self, path: str) -> None:
+    def save_weights(self, path: str) -> str | None:
+        """Writes a `tf.train.Checkpoint(model=...)` at `path` (chief) or a discarded temporary (others).
+        Call from `on_save`, on every worker; returns the path on the chief. Skipped for non-finite weights."""
+
+    def save_model(self, path: str) -> str | None:
         """Writes the whole model as a `.keras` file at `path` on the chief; a no-op elsewhere."""
+
+    def restore_weights(self, path: str) -> None:
+        """Loads weights written by `save_weights`, on every worker."""
 
 
 class Callback:

@@ -54,8 +54,12 @@ def interrupt_at_random_step(process, model_dir, sig, rng):
 
 def variables(model_dir):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{model_dir}/checkpoints"))
-    keys = [k for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k]
-    return {k: reader.get_tensor(k) for k in keys}
+    return {k: reader.get_tensor(k) for k in training_state_keys(reader)}
+
+
+def training_state_keys(reader):
+    """Everything but checkpoint bookkeeping (the object graph, the manager's save counter)."""
+    return [k for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k and "save_counter" not in k]
 
 
 def close(a, b):
@@ -227,14 +231,15 @@ def test_async_checkpoints_equal_synchronous_ones(tmp_path, digits):
 
     for mode in ("sync", "async"):
         trainer = make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path / mode),
-                               async_checkpoint=mode == "async", checkpoint_every_n_steps=4, optimizer="adam")
+                               async_checkpoint=mode == "async", checkpoint_every_n_steps=4, optimizer="adam",
+                               checkpoint_max_to_keep=None)
         trainer.fit(TrainInput(digits.train_examples, digits.num_train_examples, 32), epochs=2, steps_per_epoch=6)
     assert checkpoint_steps(str(tmp_path / "sync")) == checkpoint_steps(str(tmp_path / "async")) == [4, 6, 8, 12]
     for step in (4, 8, 12):
         readers = [tf.train.load_checkpoint(str(tmp_path / mode / f"checkpoints/ckpt-{step}")) for mode in
                    ("sync", "async")]
-        keys = [k for k in readers[0].get_variable_to_shape_map() if "OBJECT_GRAPH" not in k]
-        assert sorted(keys) == sorted(k for k in readers[1].get_variable_to_shape_map() if "OBJECT_GRAPH" not in k)
+        keys = training_state_keys(readers[0])
+        assert sorted(keys) == sorted(training_state_keys(readers[1]))
         for key in keys:
             a, b = readers[0].get_tensor(key), readers[1].get_tensor(key)
             assert (a == b) if isinstance(a, bytes) else np.array_equal(a, b), key
@@ -254,7 +259,8 @@ import harness
 source = harness.load_source("digits", {data_dir!r})
 x, y = next(iter(source.eval_examples().batch(297)))
 x = tf.cast(x, tf.float32) / 255.0
-served = tf.saved_model.load({export_dir!r} + "/saved_model").serve(x).numpy()
+saved_model = tf.saved_model.load({export_dir!r} + "/saved_model")
+served = saved_model.serve(x).numpy()
 keras_model = keras.models.load_model({export_dir!r} + "/model.keras").predict(x, verbose=0)
 print(json.dumps({{"max_diff": float(np.abs(served - keras_model).max()),
                    "accuracy": float((served.argmax(-1) == y.numpy()).mean())}}))
