@@ -19,6 +19,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from harness.errors import SetupError
+
 
 @contextlib.contextmanager
 def _discarded_directory() -> Iterator[str]:
@@ -154,11 +156,14 @@ class Checkpointer:
         for i, path in enumerate(candidates):
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched().expect_partial()
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
+            except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways: DataLoss, IndexError, ...)
                 logging.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.",
-                                path, type(e).__name__, str(e).splitlines()[0][:200])
+                                path, type(e).__name__, (str(e).splitlines() or [""])[0][:200])
                 continue
             if i:
                 logging.warning("Resumed from %s, the newest readable checkpoint.", path)
             return path
+        if candidates:
+            raise SetupError(f"no checkpoint in {self.directory} is readable; move them away to keep them, "
+                             "or pass --fresh to start over")
         return None

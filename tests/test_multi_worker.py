@@ -86,6 +86,16 @@ def test_two_workers_with_two_cpu_replicas_each_match_four_replicas(tmp_path, da
     assert cluster["history"]["val_accuracy"] == pytest.approx(single["history"]["val_accuracy"], rel=1e-5)
 
 
+def test_a_separate_chief_task_writes_the_outputs(tmp_path):
+    out = io.StringIO()
+    code = launch([*TRAIN, f"--model_dir={tmp_path}", "--dataset=synthetic", "--epochs=1", "--steps_per_epoch=5"],
+                  num_workers=1, with_chief=True, out=out, env=ENV)
+    assert code == 0, out.getvalue()[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["num_workers"], summary["global_step"]) == (2, 5)
+    assert "[chief:0] Epoch 1/1" in out.getvalue() and "[worker:0] Epoch" not in out.getvalue()
+
+
 def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir):
     out = io.StringIO()
     code = launch([sys.executable, os.path.join(ROOT, "tests/multi_worker_job.py"), str(tmp_path), data_dir],

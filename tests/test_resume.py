@@ -269,3 +269,20 @@ print(json.dumps({{"max_diff": float(np.abs(served - keras_model).max()),
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     outcome = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert outcome["max_diff"] < 1e-5 and outcome["accuracy"] > 0.8
+
+
+def test_a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, digits, caplog):
+    from harness import TrainInput
+    from tests.conftest import make_trainer, strategy
+
+    data = TrainInput(digits.train_examples, digits.num_train_examples, 32)
+    make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path)).fit(data, epochs=2, steps_per_epoch=5)
+    assert checkpoint_steps(str(tmp_path)) == [5, 10]
+    data_file = tmp_path / "checkpoints/ckpt-10.data-00000-of-00001"
+    data_file.write_bytes(data_file.read_bytes()[:100])  # truncated, as by a full disk
+    trainer = make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path))
+    with caplog.at_level("WARNING"):
+        trainer.fit(data, epochs=3, steps_per_epoch=5)
+    assert any("ckpt-10 is unreadable" in r.getMessage() for r in caplog.records)
+    assert any("Resuming from" in r.getMessage() and "ckpt-5 " in r.getMessage() for r in caplog.records)
+    assert trainer.step == 15 and trainer.history.epoch == [0, 1, 2]

@@ -26,6 +26,11 @@ def test_mirrored_on_two_cpus_learns_digits(tmp_path, data_dir):
     # "Learned": >= 0.9 validation accuracy on the 297 held-out digits (10 classes, chance is 0.1).
     assert summary["final_metrics"]["val_accuracy"] >= 0.9
 
+    again = run_script("scripts/train.py", "--strategy=mirrored", "--num_cpu_devices=2", "--epochs=8",
+                       f"--model_dir={model_dir}", f"--data_dir={data_dir}")
+    assert again.returncode == 0 and "Nothing to do: the run in" in again.stderr, again.stderr[-3000:]
+    assert json.loads((model_dir / "summary.json").read_text())["global_step"] == summary["global_step"]
+
 
 @pytest.mark.parametrize("args, env, code, message", [
     (["--strategy=mirrored", "--num_cpu_devices=2", "--global_batch_size=63"], {}, 2,
