@@ -203,7 +203,7 @@ METHOD = """\
   (progress bar into a buffer) with TensorBoard, CSVLogger and BackupAndRestore (Keras's training-state
   checkpoint, every epoch).
 - One measurement is one training call of 2 epochs (1 in the tiny smoke run); the first is the warm-up and
-  is not timed. An epoch lasts about 2 s of the minimal loop (its speed is probed per strategy and K; 0.5 s
+  is not timed. An epoch lasts about 2 s of the minimal loop (its speed is probed per strategy and K; 0.3 s
   in the quick run), rounded to a multiple of K, so per-epoch costs are amortised over a short but
   realistic epoch; the epoch-end table gives them in ms, to rescale to other epoch lengths.
 - Time to first step: from the training call (the first loop call for the minimal loop) to the end of

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks the harness against a minimal tf.function loop and Keras 3 fit, side by side.
 
-  python benchmarks/run.py --out results.json          # the full run (about 15 minutes on 2 cores)
+  python benchmarks/run.py --out results.json          # the full run (about 20 minutes on 2 cores)
   python benchmarks/run.py --quick --out results.json  # a short run (under 2 minutes)
   python benchmarks/run.py --tiny --out results.json   # the smoke-test size (numbers mean nothing)
 

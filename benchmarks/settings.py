@@ -68,13 +68,14 @@ FULL = Settings(
     checkpoint_kernel=5000, checkpoint_repeats=5, dispatch_calls=20000, dispatch_repeats=5)
 
 # The ResNet takes about a minute just to trace for every contender, strategy and K: quick
-# runs the MLP unless asked (--models mlp resnet).
+# runs the MLP unless asked (--models mlp resnet). Its 0.3 s epochs weigh the per-epoch costs
+# (checkpoint, summaries) about 7 times more than the full run's 2 s epochs.
 QUICK = Settings(
     name="quick",
-    models=(ModelSpec("mlp", (8, 8, 1), 64, epochs=2, repeats=3, epoch_seconds=0.5),
-            ModelSpec("resnet", (8, 8, 3), 16, epochs=2, repeats=1, epoch_seconds=0.5)),
-    default_models=("mlp",), probe_seconds=0.2,
-    checkpoint_kernel=5000, checkpoint_repeats=2, dispatch_calls=5000, dispatch_repeats=3)
+    models=(ModelSpec("mlp", (8, 8, 1), 64, epochs=2, repeats=3, epoch_seconds=0.3),
+            ModelSpec("resnet", (8, 8, 3), 16, epochs=2, repeats=1, epoch_seconds=0.3)),
+    default_models=("mlp",), probe_seconds=0.1,
+    checkpoint_kernel=5000, checkpoint_repeats=1, dispatch_calls=5000, dispatch_repeats=3)
 
 TINY = Settings(
     name="tiny",
