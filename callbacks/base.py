@@ -30,6 +30,7 @@ class CallbackContext(Protocol):
     epochs_completed: int
     step_in_epoch: int
     has_validation: bool
+    resumed: bool  # this fit restored a checkpoint (steps after it may have been logged before)
     stop_reason: str | None
     history: Any  # the run's callbacks.History
     callbacks: list  # every callback of the run, in order

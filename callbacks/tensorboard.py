@@ -73,7 +73,7 @@ class TensorBoard(Callback):
         for name in ("train", "validation"):
             tf.io.gfile.makedirs(f"{self._root}/{name}")
             write_start_event(f"{self._root}/{name}", step + 1 if step else 0)
-        if step > 0:  # event files are read in name order, by creation second: the mark must precede new files
+        if self.context.resumed:  # files are read in name order, by creation second: the mark must come first
             time.sleep(1.0 - time.time() % 1.0 + 0.01)
         self._writers = {name: tf.summary.create_file_writer(f"{self._root}/{name}")
                          for name in ("train", "validation")}

@@ -32,6 +32,7 @@ class TrainerContext:
     global_batch_size = property(lambda self: self._trainer.global_batch_size)
     global_step = property(lambda self: self._trainer.step)
     stop_reason = property(lambda self: self._trainer.stop_reason)
+    resumed = property(lambda self: self._trainer.resumed_from is not None)
     history = property(lambda self: self._trainer.history)
     callbacks = property(lambda self: self._trainer.callbacks.callbacks)
     step_in_epoch = property(lambda self: self._trainer.step_in_epoch)

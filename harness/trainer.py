@@ -126,6 +126,7 @@ class Trainer:
         self.step_in_epoch = 0
         self.stop_reason: str | None = None
         self.preempted = False  # stopped by a signal: saved, and a rerun resumes
+        self.resumed_from: str | None = None  # the checkpoint this fit restored, if any
         self._watcher = PreemptionWatcher()
         self._last_save = (time.monotonic(), 0)  # (clock, step) of the newest training checkpoint
         self.history = History()
@@ -315,6 +316,7 @@ class Trainer:
     def _restore(self) -> None:
         """Resumes from the newest readable checkpoint in model_dir, if any."""
         path = self.checkpointer.restore_latest() if self.checkpointer else None
+        self.resumed_from = path
         if path is None:
             return
         self.step = int(self.global_step.numpy())
@@ -370,6 +372,7 @@ class Trainer:
         context = TrainerContext(self, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                  has_validation=validation_data is not None)
         self.callbacks.set_context(context)
+        self.resumed_from = None
         if resume:
             self._restore()
         if not self._decision_maker.all_equal(self.step):
