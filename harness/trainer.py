@@ -25,7 +25,7 @@ from callbacks.history import History
 from harness.checkpointing import Checkpointer
 from harness.cluster import ClusterInfo, lost_task_message
 from harness.context import TrainerContext
-from harness.data import DatasetFn, accepts_start_step
+from harness.data import DatasetFn, accepts_start_step, per_replica_batch_size
 from harness.decisions import Decision, DecisionMaker
 from harness.errors import SetupError, UsageError
 from harness.learning_rate import LearningRate, Schedule
@@ -104,9 +104,7 @@ class Trainer:
         self.cluster = cluster or ClusterInfo.from_strategy(strategy)  # override only to simulate a task
         if jit_compile:
             _check_xla_devices(strategy)
-        if global_batch_size % self.cluster.num_replicas:
-            from harness.data import per_replica_batch_size  # pylint: disable=import-outside-toplevel
-            per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # raises the clear error
+        per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # an uneven split is a clear error
         self.metric_fns = dict(metrics if metrics is not None else {"accuracy": sparse_categorical_accuracy})
         _check_created_in_scope(strategy, model)
         with strategy.scope():
