@@ -102,9 +102,8 @@ class LocalCluster:
             process = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, start_new_session=True)
             name = f"{job}:{index}"
-            self._tasks.append(_Task(name, process, threading.Thread(target=None)))
             pump = threading.Thread(target=self._pump, args=(name, process.stdout), daemon=True)
-            self._tasks[-1].pump = pump
+            self._tasks.append(_Task(name, process, pump))
             pump.start()
 
     def signal_all(self, sig: int) -> None:
