@@ -8,6 +8,7 @@ import io
 import tensorflow as tf
 
 from callbacks.base import Callback
+from harness.checkpointing import write_text
 
 
 class CSVLogger(Callback):
@@ -63,10 +64,4 @@ class CSVLogger(Callback):
                                 extrasaction="ignore", restval="NA")
         writer.writeheader()
         writer.writerows(self._rows)
-        path = self._path()
-        parent = path.rsplit("/", 1)[0] if "/" in path else "."
-        tf.io.gfile.makedirs(parent)
-        temp = f"{path}.tmp"
-        with tf.io.gfile.GFile(temp, "w") as f:
-            f.write(out.getvalue())
-        tf.io.gfile.rename(temp, path, overwrite=True)
+        write_text(self._path(), out.getvalue())

@@ -10,13 +10,14 @@ from absl import logging
 
 from callbacks.base import Callback
 from callbacks.monitor import Monitor
+from harness.checkpointing import remove_checkpoint
 
 
 def _remove(path: str, weights_only: bool) -> None:
-    names = tf.io.gfile.glob(f"{path}.index") + tf.io.gfile.glob(f"{path}.data-*") if weights_only else [path]
-    for name in names:
-        if tf.io.gfile.exists(name):
-            tf.io.gfile.remove(name)
+    if weights_only:
+        remove_checkpoint(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
 
 
 class ModelCheckpoint(Callback):

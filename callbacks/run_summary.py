@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import tensorflow as tf
-
 from callbacks.base import Callback
 from harness.checkpointing import write_json
 
@@ -40,7 +38,6 @@ class RunSummary(Callback):
 
     def _write(self, logs) -> None:
         if self.context.is_chief and self.context.model_dir:
-            tf.io.gfile.makedirs(self.context.model_dir)
             write_json(f"{self.context.model_dir}/summary.json", self._payload(logs or {}))
 
     def on_epoch_end(self, epoch, logs=None):

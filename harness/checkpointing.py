@@ -69,16 +69,22 @@ def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | 
     return path
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes JSON through gfile, atomically (readers never see half a file)."""
+def write_text(path: str, text: str) -> None:
+    """Writes a file through gfile, atomically (readers never see half a file), creating its folder."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    tf.io.gfile.makedirs(parent)
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with tf.io.gfile.GFile(temp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
     tf.io.gfile.rename(temp, path, overwrite=True)
 
 
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
 def remove_checkpoint(prefix: str) -> None:
+    """Deletes the files of the checkpoint at `prefix` (those that exist)."""
     for name in tf.io.gfile.glob(f"{prefix}.index") + tf.io.gfile.glob(f"{prefix}.data-*"):
         tf.io.gfile.remove(name)
 
