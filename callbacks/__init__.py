@@ -1,23 +1,42 @@
 """Strategy-aware callbacks: they write only on the chief, decide from logs aggregated over all
-replicas and workers, and take every decision at the same step on every worker."""
+replicas and workers, and take every decision at the same step on every worker.
 
-from callbacks import schedules
-from callbacks.base import Callback, CallbackContext
-from callbacks.callback_list import CallbackList
-from callbacks.csv_logger import CSVLogger
-from callbacks.early_stopping import EarlyStopping
-from callbacks.history import History
-from callbacks.lambda_callback import LambdaCallback
-from callbacks.learning_rate_scheduler import LearningRateScheduler
-from callbacks.model_checkpoint import ModelCheckpoint
-from callbacks.progress_bar import ProgressBar
-from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
-from callbacks.run_summary import RunSummary
-from callbacks.tensorboard import TensorBoard
-from callbacks.terminate_on_nan import TerminateOnNaN
+The public names are loaded on first use (PEP 562), so that reading a registry such as
+`callbacks.schedules.SCHEDULES` while parsing flags never pays TensorFlow's start-up.
+"""
 
-__all__ = [
-    "CSVLogger", "Callback", "CallbackContext", "CallbackList", "EarlyStopping", "History", "LambdaCallback",
-    "LearningRateScheduler", "ModelCheckpoint", "ProgressBar", "ReduceLROnPlateau", "RunSummary", "TensorBoard",
-    "TerminateOnNaN", "schedules",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Callback": "callbacks.base", "CallbackContext": "callbacks.base",
+    "CallbackList": "callbacks.callback_list",
+    "CSVLogger": "callbacks.csv_logger",
+    "EarlyStopping": "callbacks.early_stopping",
+    "History": "callbacks.history",
+    "LambdaCallback": "callbacks.lambda_callback",
+    "LearningRateScheduler": "callbacks.learning_rate_scheduler",
+    "ModelCheckpoint": "callbacks.model_checkpoint",
+    "ProgressBar": "callbacks.progress_bar",
+    "ReduceLROnPlateau": "callbacks.reduce_lr_on_plateau",
+    "RunSummary": "callbacks.run_summary",
+    "TensorBoard": "callbacks.tensorboard",
+    "TerminateOnNaN": "callbacks.terminate_on_nan",
+    "schedules": "callbacks.schedules",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name == "schedules" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,15 +1,35 @@
-"""A strategy-aware distributed training harness for TensorFlow."""
+"""A strategy-aware distributed training harness for TensorFlow.
 
-from harness.cluster import ClusterInfo, load_tf_config, parse_tf_config
-from harness.data import DataSource, EvalInput, TrainInput, load_source, per_replica_batch_size, synthetic_source
-from harness.errors import SetupError, UsageError
-from harness.metrics import MeanMetrics, sparse_categorical_accuracy
-from harness.models import build_model, build_optimizer
-from harness.strategy import STRATEGIES, build_strategy, configure_cpu_devices
-from harness.trainer import Trainer
+The public names are loaded on first use (PEP 562), so that `import harness.run_config` or
+`harness.launch` (flag parsing, the local launcher) never pays TensorFlow's start-up.
+"""
 
-__all__ = [
-    "ClusterInfo", "DataSource", "EvalInput", "MeanMetrics", "STRATEGIES", "SetupError", "TrainInput", "Trainer",
-    "UsageError", "build_model", "build_optimizer", "build_strategy", "configure_cpu_devices", "load_source",
-    "load_tf_config", "parse_tf_config", "per_replica_batch_size", "sparse_categorical_accuracy", "synthetic_source",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClusterInfo": "harness.cluster", "load_tf_config": "harness.cluster", "parse_tf_config": "harness.cluster",
+    "DataSource": "harness.data", "EvalInput": "harness.data", "TrainInput": "harness.data",
+    "load_source": "harness.data", "per_replica_batch_size": "harness.data", "synthetic_source": "harness.data",
+    "SetupError": "harness.errors", "UsageError": "harness.errors",
+    "MeanMetrics": "harness.metrics", "sparse_categorical_accuracy": "harness.metrics",
+    "build_model": "harness.models", "build_optimizer": "harness.models",
+    "STRATEGIES": "harness.strategy", "build_strategy": "harness.strategy",
+    "configure_cpu_devices": "harness.strategy",
+    "Trainer": "harness.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
