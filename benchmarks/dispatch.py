@@ -36,20 +36,21 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
     contender = HarnessFit(workload, os.path.join(workdir, "dispatch-harness"))
     contender.first_step()  # a real fit: the trainer's callback list, context and decision maker
     trainer = contender.trainer
-    context = trainer.callbacks.callbacks[0].context
+    controller = trainer.controller
+    context = controller.context
     context.steps_per_epoch = STEPS_PER_EPOCH  # mid-run state of a real epoch (the progress bar reads it)
     # The default list: History, TensorBoard, CSVLogger, ProgressBar (without the benchmark's timing callback).
-    callbacks = trainer.callbacks = CallbackList([cb for cb in trainer.callbacks
-                                                  if not isinstance(cb, (_Stamper, _LastStamper))])
-    step = trainer.step + 1
+    callbacks = controller.callbacks = CallbackList([cb for cb in controller.callbacks
+                                                     if not isinstance(cb, (_Stamper, _LastStamper))])
+    step = trainer.global_step + 1
     callbacks.on_train_begin()
-    callbacks.on_epoch_begin(trainer.epoch)
+    callbacks.on_epoch_begin(trainer.epochs_completed)
     callbacks.on_train_batch_end(step, {})  # the first batch end exports the graph: not a per-call cost
     hooks: dict[str, Callable[[], Any]] = {
         "wants_batch_logs": lambda: callbacks.wants_batch_logs(step),
         "on_train_batch_begin": lambda: callbacks.on_train_batch_begin(step),
         "on_train_batch_end": lambda: callbacks.on_train_batch_end(step, {}),
-        "decision point": lambda: trainer._decide(context),  # pylint: disable=protected-access
+        "decision point": lambda: controller._decide(context),  # pylint: disable=protected-access
     }
     for cb in callbacks.callbacks[1:]:  # each callback alone (after History), all three hooks
         alone = CallbackList([cb])

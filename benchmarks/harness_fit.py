@@ -61,7 +61,7 @@ class HarnessFit:
 
     def _fit(self, epochs: int, steps_per_epoch: int) -> Stamps:
         stamps = Stamps()
-        self.trainer.fit(self.workload.dataset_fn, epochs=self.trainer.epoch + epochs, steps_per_epoch=steps_per_epoch,
+        self.trainer.fit(self.workload.dataset_fn, epochs=self.trainer.epochs_completed + epochs, steps_per_epoch=steps_per_epoch,
                          callbacks=[_Stamper(stamps), *default_callbacks(), _LastStamper(stamps)], resume=False)
         return stamps
 

@@ -26,12 +26,13 @@ class CallbackContext(Protocol):
     steps_per_execution: int
     global_batch_size: int
     global_step: int
-    epoch: int  # the current epoch (0-based)
-    epochs_completed: int
+    epoch: int  # the epoch in progress (0-based), as the hooks receive it
+    epochs_completed: int  # how many epochs have ended
     step_in_epoch: int
     has_validation: bool
     resumed: bool  # this fit restored a checkpoint (steps after it may have been logged before)
-    stop_reason: str | None
+    stop_reason: str | None  # why the run ended early (it is then finished)
+    signal: str | None  # the signal (SIGTERM, SIGINT) that stopped it; a rerun resumes
     history: Any  # the run's callbacks.History
     callbacks: list  # every callback of the run, in order
     metric_names: tuple[str, ...]  # every name a log of this trainer can have
@@ -42,8 +43,8 @@ class CallbackContext(Protocol):
         """The learning rate the next step uses (schedule x plateau factor)."""
 
     def set_learning_rate(self, value: float) -> None:
-        """Sets the base learning rate (the chief's value wins); with a per-step schedule active,
-        scales the schedule instead, so plateau reductions compose with schedules."""
+        """Sets the base learning rate (the chief's value wins). With a per-step schedule active
+        this raises a `ValueError`: scale the schedule with `scale_learning_rate` instead."""
 
     def scale_learning_rate(self, factor: float) -> None:
         """Multiplies the learning rate by `factor` from now on (the chief's value wins)."""
@@ -69,6 +70,13 @@ class CallbackContext(Protocol):
 
     def restore_weights(self, path: str) -> None:
         """Loads weights written by `save_weights`, on every worker."""
+
+    def write_text(self, path: str, text: str) -> None:
+        """Writes a text file atomically through `tf.io.gfile` on the chief (a no-op elsewhere);
+        a failure (full disk, read-only) is one clear error naming the path."""
+
+    def remove_saved(self, path: str) -> None:
+        """Deletes what `save_weights` or `save_model` wrote at `path` (chief only)."""
 
 
 class Callback:
@@ -103,6 +111,14 @@ class Callback:
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable state to checkpoint with the training state (for exact resume)."""
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        """The options that change what the run computes (when it stops, its learning rate), JSON-serialisable.
+
+        Recorded with the run: a resume with other options is refused. Callbacks that only
+        observe or write (TensorBoard, CSVLogger, ModelCheckpoint) return {}.
+        """
         return {}
 
     def set_state(self, state: dict[str, Any]) -> None:

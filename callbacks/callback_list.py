@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -14,6 +15,8 @@ class CallbackList:
     """Calls each hook on every callback, in order; itself not a `Callback` so it cannot be nested by mistake."""
 
     def __init__(self, callbacks: Iterable[Callback] = ()):
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
@@ -26,6 +29,13 @@ class CallbackList:
     def set_context(self, context: CallbackContext) -> None:
         for cb in self.callbacks:
             cb.set_context(context)
+
+    def saver_index(self, callback: Callback) -> int:
+        """The callback's slot in the decision vector: 0 is the trainer's checkpoint, then the callbacks."""
+        for i, cb in enumerate(self.callbacks):
+            if cb is callback:
+                return i + 1
+        raise ValueError(f"{callback!r} is not one of this run's callbacks")
 
     def wants_batch_logs(self, step: int) -> bool:
         return any(cb.wants_batch_logs(step) for cb in self.callbacks)
@@ -44,7 +54,14 @@ class CallbackList:
     def on_test_end(self, logs=None): self._call("on_test_end", logs)
 
     def _keys(self) -> list[str]:
-        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+        """`ClassName` (`ClassName#2` for a second one): stable when other callbacks are added or removed."""
+        seen: Counter[str] = Counter()
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            seen[name] += 1
+            keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return keys
 
     def get_state(self) -> dict[str, Any]:
         return {key: cb.get_state() for key, cb in zip(self._keys(), self.callbacks)}
@@ -53,5 +70,9 @@ class CallbackList:
         for key, cb in zip(self._keys(), self.callbacks):
             if key in state:
                 cb.set_state(state[key])
-            else:
+            elif cb.get_state():
                 logging.warning("No saved state for callback %s: it starts fresh on resume.", key)
+
+    def get_config(self) -> dict[str, Any]:
+        """The settings of the callbacks that shape the run (their `get_config()`), by key."""
+        return {key: config for key, cb in zip(self._keys(), self.callbacks) if (config := cb.get_config())}

@@ -8,7 +8,6 @@ import io
 import tensorflow as tf
 
 from callbacks.base import Callback
-from harness.checkpointing import write_text
 
 
 class CSVLogger(Callback):
@@ -64,4 +63,4 @@ class CSVLogger(Callback):
                                 extrasaction="ignore", restval="NA")
         writer.writeheader()
         writer.writerows(self._rows)
-        write_text(self._path(), out.getvalue())
+        self.context.write_text(self._path(), out.getvalue())

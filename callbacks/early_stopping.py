@@ -71,30 +71,43 @@ class EarlyStopping(Callback):
     def on_save(self):
         self.context.save_weights(self._best_weights_path())
 
+    def evaluate_stopping_criteria(self, epoch: int, current: float) -> tuple[str | None, bool]:
+        """Updates the counters with this epoch's value; returns (why to stop or None, whether it is the best).
+
+        Pure (no context, no TensorFlow), as Lightning's `_evaluate_stopping_criteria`, so the
+        criteria are unit-tested against Keras's callback value by value.
+        """
+        if self.check_finite and not math.isfinite(current):
+            return f"{self.monitor} is {current}", False
+        first = self.best_epoch is None
+        if first and self.restore_best_weights:
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._monitor.is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.baseline is None or self._monitor.is_improvement(current, self.baseline):
+                self.wait = 0
+            improved = True
+        elif self.wait >= self.patience and epoch > 0:
+            return (f"{self.monitor} did not improve for {self.wait} epochs "
+                    f"(best {self.best:.6g} at epoch {self.best_epoch + 1})"), first and self.restore_best_weights
+        else:
+            improved = first and self.restore_best_weights
+        if self.stopping_threshold is not None and self._monitor.better(current, self.stopping_threshold):
+            return f"{self.monitor} = {current:.6g} reached the stopping threshold {self.stopping_threshold}", improved
+        if self.divergence_threshold is not None and self._monitor.better(self.divergence_threshold, current):
+            return f"{self.monitor} = {current:.6g} diverged past {self.divergence_threshold}", improved
+        return None, improved
+
     def on_epoch_end(self, epoch, logs=None):
         current = self._monitor.value(logs)
         if current is None or epoch < self.start_from_epoch:
             return
-        if self.check_finite and not math.isfinite(current):
-            self._stop(epoch, f"{self.monitor} is {current}")
-            return
-        if self.best_epoch is None and self.restore_best_weights:
-            self.best_epoch = epoch
+        why, best = self.evaluate_stopping_criteria(epoch, current)
+        if best:
             self._remember_best_weights()
-        self.wait += 1
-        if self._monitor.is_improvement(current, self.best):
-            self.best, self.best_epoch = current, epoch
-            self._remember_best_weights()
-            if self.baseline is None or self._monitor.is_improvement(current, self.baseline):
-                self.wait = 0
-        elif self.wait >= self.patience and epoch > 0:
-            self._stop(epoch, f"{self.monitor} did not improve for {self.wait} epochs "
-                              f"(best {self.best:.6g} at epoch {self.best_epoch + 1})")
-            return
-        if self.stopping_threshold is not None and self._monitor.better(current, self.stopping_threshold):
-            self._stop(epoch, f"{self.monitor} = {current:.6g} reached the stopping threshold {self.stopping_threshold}")
-        elif self.divergence_threshold is not None and self._monitor.better(self.divergence_threshold, current):
-            self._stop(epoch, f"{self.monitor} = {current:.6g} diverged past {self.divergence_threshold}")
+        if why:
+            self._stop(epoch, why)
 
     def on_train_end(self, logs=None):
         if not self.restore_best_weights or self.best_epoch is None:
@@ -105,6 +118,12 @@ class EarlyStopping(Callback):
             self.context.restore_weights(self._best_weights_path())
         if self.verbose:
             logging.info("Restored the model weights from the end of the best epoch, %d.", self.best_epoch + 1)
+
+    def get_config(self):
+        return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,
+                "patience": self.patience, "baseline": self.baseline, "restore_best_weights": self.restore_best_weights,
+                "start_from_epoch": self.start_from_epoch, "check_finite": self.check_finite,
+                "stopping_threshold": self.stopping_threshold, "divergence_threshold": self.divergence_threshold}
 
     def get_state(self):
         return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,

@@ -33,6 +33,12 @@ class LearningRateScheduler(Callback):
         self.schedule, self.verbose = schedule, verbose
         self.per_epoch = not _is_per_step(schedule)
 
+    def get_config(self):
+        schedule = self.schedule
+        if hasattr(schedule, "get_config"):
+            return {"schedule": {"class": type(schedule).__name__, **schedule.get_config()}}
+        return {"schedule": getattr(schedule, "__qualname__", repr(schedule))}
+
     def on_train_begin(self, logs=None):
         if not self.per_epoch:
             self.context.set_learning_rate_schedule(self.schedule)

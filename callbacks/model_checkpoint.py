@@ -5,19 +5,11 @@ from __future__ import annotations
 import math
 import os
 
-import tensorflow as tf
 from absl import logging
 
 from callbacks.base import Callback
+from callbacks.cadence import crosses_multiple
 from callbacks.monitor import Monitor
-from harness.checkpointing import remove_checkpoint
-
-
-def _remove(path: str, weights_only: bool) -> None:
-    if weights_only:
-        remove_checkpoint(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
 
 
 class ModelCheckpoint(Callback):
@@ -77,7 +69,7 @@ class ModelCheckpoint(Callback):
             self._monitor.check_known(self.context.metric_names, self.context.logged_names)
 
     def _crosses_save_step(self, step: int) -> bool:
-        return isinstance(self.save_freq, int) and step // self.save_freq > self._last_step // self.save_freq
+        return isinstance(self.save_freq, int) and crosses_multiple(self._last_step, step, self.save_freq)
 
     def wants_batch_logs(self, step):
         return self._crosses_save_step(step)
@@ -117,7 +109,7 @@ class ModelCheckpoint(Callback):
             self.saved.remove(written)
         self.saved.append(written)
         while self.max_to_keep and len(self.saved) > self.max_to_keep:
-            _remove(self.saved.pop(0), self.save_weights_only)
+            self.context.remove_saved(self.saved.pop(0))
 
     def get_state(self):
         return {"best": self.best, "best_epoch": self.best_epoch, "saved": self.saved}

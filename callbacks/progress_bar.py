@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from callbacks.base import Callback
+from callbacks.cadence import crosses_multiple
 
 
 def _format_duration(seconds: float) -> str:
@@ -41,8 +42,7 @@ class ProgressBar(Callback):
         return max(1, self.context.steps_per_epoch // self.updates_per_epoch)
 
     def wants_batch_logs(self, step):
-        interval = self._interval()
-        return step // interval > self.context.global_step // interval
+        return crosses_multiple(self.context.global_step, step, self._interval())
 
     def _live(self) -> bool:
         return self._out.isatty()

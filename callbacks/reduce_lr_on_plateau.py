@@ -40,19 +40,23 @@ class ReduceLROnPlateau(Callback):
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def on_epoch_end(self, epoch, logs=None):
-        current = self._monitor.value(logs)
-        if current is None:
-            return
+    def evaluate_plateau(self, current: float) -> bool:
+        """Updates the counters with this epoch's value; returns whether to reduce the rate now (pure)."""
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0
         if self._monitor.is_improvement(current, self.best):
             self.best, self.wait = current, 0
-        elif not self.in_cooldown():
-            self.wait += 1
-            if self.wait >= self.patience:
-                self._reduce(epoch)
+            return False
+        if self.in_cooldown():
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._monitor.value(logs)
+        if current is not None and self.evaluate_plateau(current):
+            self._reduce(epoch)
 
     def _reduce(self, epoch: int) -> None:
         old = self.context.learning_rate
@@ -63,6 +67,10 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter, self.wait = self.cooldown, 0
         if self.verbose:
             logging.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
+
+    def get_config(self):
+        return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,
+                "factor": self.factor, "patience": self.patience, "cooldown": self.cooldown, "min_lr": self.min_lr}
 
     def get_state(self):
         return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from callbacks.base import Callback
-from harness.checkpointing import write_json
 
 
 def _json_number(value):
@@ -24,7 +24,7 @@ class RunSummary(Callback):
     def __init__(self, strategy_name: str, extra: dict[str, Any] | None = None):
         self.strategy_name, self.extra = strategy_name, dict(extra or {})
 
-    def _payload(self, final_logs: dict[str, float]) -> dict[str, Any]:
+    def payload(self, final_logs: dict[str, float]) -> dict[str, Any]:
         c = self.context
         history = {k: [_json_number(v) for v in vs] for k, vs in c.history.history.items()}
         best = {type(cb).__name__: {"monitor": cb.monitor, "value": _json_number(cb.best_value),
@@ -33,12 +33,15 @@ class RunSummary(Callback):
         return {**self.extra, "strategy": self.strategy_name, "num_replicas": c.num_replicas,
                 "num_workers": c.num_workers, "global_batch_size": c.global_batch_size,
                 "global_step": c.global_step, "epochs_completed": len(c.history.epoch),
-                "stop_reason": c.stop_reason, "history": history,
+                "stop_reason": c.stop_reason, "preempted": c.signal is not None, "signal": c.signal,
+                "history": history,
                 "final_metrics": {k: _json_number(v) for k, v in final_logs.items()}, "best": best}
 
     def _write(self, logs) -> None:
         if self.context.is_chief and self.context.model_dir:
-            write_json(f"{self.context.model_dir}/summary.json", self._payload(logs or {}))
+            payload = self.payload(logs or {})
+            self.context.write_text(f"{self.context.model_dir}/summary.json",
+                                    json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def on_epoch_end(self, epoch, logs=None):
         self._write(logs)

@@ -3,26 +3,43 @@
 Each is a callable `schedule(step) -> rate` on tensors; values match the corresponding
 `keras.optimizers.schedules` (CosineDecay with warm-up, ExponentialDecay with staircase,
 PolynomialDecay with power 1). Any Keras `LearningRateSchedule` works in their place.
+`get_config()` describes a schedule completely: a run records it, and a resume with another
+schedule is refused. TensorFlow is imported on first use, so `SCHEDULES` is cheap to read.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import tensorflow as tf
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
 
 
 class Schedule:
     """Base class: `__call__(step)` returns the float32 rate for the update at `step`."""
 
-    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+    def __call__(self, step):
         raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The schedule's class and arguments (JSON-serialisable)."""
+        return {"class": type(self).__name__, **{k: (v.get_config() if isinstance(v, Schedule) else v)
+                                                 for k, v in vars(self).items()}}
 
 
 def _check(**values: float) -> None:
     for name, value in values.items():
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_steps(decay_steps: int) -> None:
+    if decay_steps < 1:
+        raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
 
 
 class Warmup(Schedule):
@@ -37,6 +54,7 @@ class Warmup(Schedule):
         self.after, self.warmup_steps, self.initial_learning_rate = after, warmup_steps, initial_learning_rate
 
     def __call__(self, step):
+        tf = _tf()
         step = tf.cast(step, tf.float32)
         if not self.warmup_steps:
             return self.after(step)
@@ -51,11 +69,11 @@ class Cosine(Schedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0):
         _check(initial_learning_rate=initial_learning_rate, alpha=alpha)
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+        _check_steps(decay_steps)
         self.initial_learning_rate, self.decay_steps, self.alpha = initial_learning_rate, decay_steps, alpha
 
     def __call__(self, step):
+        tf = _tf()
         fraction = tf.minimum(tf.cast(step, tf.float32), float(self.decay_steps)) / float(self.decay_steps)
         cosine = 0.5 * (1.0 + tf.cos(math.pi * fraction))
         return self.initial_learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
@@ -66,11 +84,11 @@ class StepDecay(Schedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float):
         _check(initial_learning_rate=initial_learning_rate, decay_rate=decay_rate)
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+        _check_steps(decay_steps)
         self.initial_learning_rate, self.decay_steps, self.decay_rate = initial_learning_rate, decay_steps, decay_rate
 
     def __call__(self, step):
+        tf = _tf()
         exponent = tf.floor(tf.cast(step, tf.float32) / float(self.decay_steps))
         return self.initial_learning_rate * tf.pow(tf.constant(self.decay_rate, tf.float32), exponent)
 
@@ -80,12 +98,12 @@ class Linear(Schedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, end_learning_rate: float = 0.0):
         _check(initial_learning_rate=initial_learning_rate, end_learning_rate=end_learning_rate)
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+        _check_steps(decay_steps)
         self.initial_learning_rate, self.decay_steps = initial_learning_rate, decay_steps
         self.end_learning_rate = end_learning_rate
 
     def __call__(self, step):
+        tf = _tf()
         fraction = tf.minimum(tf.cast(step, tf.float32), float(self.decay_steps)) / float(self.decay_steps)
         return (self.initial_learning_rate - self.end_learning_rate) * (1.0 - fraction) + self.end_learning_rate
 
@@ -96,6 +114,7 @@ class Constant(Schedule):
         self.learning_rate = learning_rate
 
     def __call__(self, step):
+        tf = _tf()
         return tf.constant(self.learning_rate, tf.float32)
 
 

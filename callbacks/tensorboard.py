@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import time
 
 import tensorflow as tf
 from absl import logging
-from tensorboard.compat.proto import event_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from callbacks.base import Callback
+from callbacks.cadence import crosses_multiple
+
+_marks = itertools.count()
 
 
 def write_start_event(log_dir: str, step: int) -> None:
-    """Marks the start of a session at `step` (TensorBoard's SessionLog.START).
+    """Marks the start of a session at `step` (TensorBoard's SessionLog.START), in an event file of its own.
 
     TensorBoard ignores a run's first start mark, and at any later one (a resumed run) it
     drops the earlier events at or after its step: the steps the resumed run redoes would
-    otherwise show twice.
+    otherwise show twice. Written with public APIs (a TFRecord file of `Event` protos), so
+    it works wherever `tf.io.gfile` does.
     """
-    writer = EventFileWriter(log_dir, filename_suffix=".restart")
-    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
-                                     session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-    writer.close()
+    now = time.time()
+    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{next(_marks)}.restart"
+    with tf.io.TFRecordWriter(f"{log_dir}/{name}") as writer:
+        writer.write(tf.compat.v1.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        start = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
+        writer.write(tf.compat.v1.Event(step=step, wall_time=now, session_log=start).SerializeToString())
 
 
 class TensorBoard(Callback):
@@ -83,7 +90,7 @@ class TensorBoard(Callback):
         self._epoch_start = self._interval_start = (time.monotonic(), step)
 
     def _crosses_update(self, step: int, previous: int) -> bool:
-        return isinstance(self.update_freq, int) and step // self.update_freq > previous // self.update_freq
+        return isinstance(self.update_freq, int) and crosses_multiple(previous, step, self.update_freq)
 
     def wants_batch_logs(self, step):
         return self._crosses_update(step, self._previous_step())
@@ -109,7 +116,7 @@ class TensorBoard(Callback):
             tf.profiler.experimental.stop()
             self._profiling = False
         previous_time, previous_step = self._interval_start
-        if logs and isinstance(self.update_freq, int) and step // self.update_freq > previous_step // self.update_freq:
+        if logs and self._crosses_update(step, previous_step):
             now = time.monotonic()
             with self._writer("train").as_default(step=step):
                 for name, value in logs.items():

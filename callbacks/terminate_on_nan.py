@@ -19,6 +19,9 @@ class TerminateOnNaN(Callback):
     def wants_batch_logs(self, step):
         return True
 
+    def get_config(self):
+        return {"monitor": "loss"}
+
     def _check(self, logs, where: str) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):

@@ -1,175 +1,201 @@
-"""Checkpoints that are complete or absent, written by the chief, restorable with `tf.train.Checkpoint`.
+"""The training-state checkpoints of a run: complete or absent, one state per global step.
 
-Saving may read synchronised variables, which takes every worker; so every worker saves,
-and non-chief workers write into a local temporary directory that they delete at once
-(nothing of theirs ever lands under model_dir). All model_dir I/O goes through `tf.io.gfile`.
+`model_dir/checkpoints/ckpt-<global step>` holds the state after everything of that step ran
+(its loop, its hooks, and its epoch end when the step ends an epoch); it is written through
+`tf.train.CheckpointManager` on the chief, restorable with `tf.train.Checkpoint`, and listed in
+the `checkpoint` state file. Nothing that happened to the directory can make a resume wrong:
+
+- A complete checkpoint that the state file does not list yet (the process died between
+  the two writes) is adopted; incomplete leftovers of a killed save are removed.
+- A damaged state file is rebuilt from the complete checkpoints on disk.
+- An unreadable newest checkpoint is reported and the previous one used.
+- A save that fails (a full disk) removes its partial files; the previous checkpoint stays.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
-import keras
 import tensorflow as tf
 from absl import logging
 
-from harness.errors import SetupError
+from harness import storage, tf_compat
+from harness.errors import SetupError, StorageError
+from harness.model_saving import discarded_directory
+
+PREFIX = "ckpt"
+PROGRESS_KEY = "progress/.ATTRIBUTES/VARIABLE_VALUE"
+_NUMBERED = re.compile(rf"{PREFIX}-(\d+)(?:\.|_temp|$)")
 
 
-@contextlib.contextmanager
-def _discarded_directory() -> Iterator[str]:
-    """A local temporary directory for a non-chief worker's copy of a save, deleted afterwards."""
-    directory = tempfile.mkdtemp(prefix="harness-worker-save-")
-    try:
-        yield directory
-    finally:
-        tf.io.gfile.rmtree(directory)
+def step_of(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
 
 
-def write_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, *, is_chief: bool) -> str | None:
-    """Writes `checkpoint` at `prefix` atomically on the chief; elsewhere into a discarded temp.
-
-    The files go under a temporary prefix first; the `.index` file, whose presence makes a
-    checkpoint readable, is renamed into place last. Returns the path on the chief.
-    """
-    if not is_chief:
-        with _discarded_directory() as directory:
-            checkpoint.write(f"{directory}/ckpt")
-        return None
-    parent = prefix.rsplit("/", 1)[0] if "/" in prefix else "."
-    tf.io.gfile.makedirs(parent)
-    temp = f"{prefix}.tmp-{uuid.uuid4().hex[:8]}"
-    checkpoint.write(temp)
-    data_files = tf.io.gfile.glob(f"{temp}.data-*")
-    for old in tf.io.gfile.glob(f"{prefix}.data-*") + tf.io.gfile.glob(f"{prefix}.index"):
-        tf.io.gfile.remove(old)
-    for name in data_files:
-        tf.io.gfile.rename(name, prefix + name[len(temp):], overwrite=True)
-    tf.io.gfile.rename(f"{temp}.index", f"{prefix}.index", overwrite=True)
-    return prefix
-
-
-def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | None:
-    """Saves the whole model (architecture, weights, optimizer) as a `.keras` file, atomically, on the chief."""
-    if not path.endswith(".keras"):
-        raise ValueError(f"a full-model save path must end with '.keras', got {path!r}")
-    if not is_chief:
-        return None
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    tf.io.gfile.makedirs(parent)
-    temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex[:8]}.keras"
-    model.save(temp)
-    tf.io.gfile.rename(temp, path, overwrite=True)
-    return path
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes a file through gfile, atomically (readers never see half a file), creating its folder."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    tf.io.gfile.makedirs(parent)
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(temp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temp, path, overwrite=True)
-
-
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def remove_checkpoint(prefix: str) -> None:
-    """Deletes the files of the checkpoint at `prefix` (those that exist)."""
-    for name in tf.io.gfile.glob(f"{prefix}.index") + tf.io.gfile.glob(f"{prefix}.data-*"):
-        tf.io.gfile.remove(name)
-
-
-def _keras_variables_support_async_checkpoints() -> None:
-    """Makes Keras 3 variables copyable more than once by TensorFlow's async checkpointing.
-
-    An async save copies every variable to the CPU through `_copy_trackable_to_cpu`, on every
-    save. Keras 3.15's version creates a new `tf.Variable` each time, so the second async
-    save fails ("tf.function only supports singleton tf.Variables"). The Keras variable
-    saves exactly its backing variable's tensors, so its CPU copy can simply be that of the
-    backing variable, which TensorFlow creates once and reuses.
-    """
-    from keras.src.backend.tensorflow.core import Variable  # pylint: disable=import-outside-toplevel
-
-    def copy_trackable_to_cpu(self, object_map):
-        self.value._copy_trackable_to_cpu(object_map)  # pylint: disable=protected-access
-        object_map[self] = object_map[self.value]
-
-    Variable._copy_trackable_to_cpu = copy_trackable_to_cpu  # pylint: disable=protected-access
+def read_progress(path: str) -> dict[str, Any]:
+    """The progress record (position, callback state, history, settings) of a checkpoint, without restoring it."""
+    return json.loads(tf.train.load_checkpoint(path).get_tensor(PROGRESS_KEY))
 
 
 class Checkpointer:
-    """The training-state checkpoints of a run under `directory` (resume point; `max_to_keep` newest).
-
-    Wraps `tf.train.CheckpointManager` on the chief. The checkpoint resumed from stays until
-    a newer one is complete; a corrupt or truncated newest checkpoint is reported and the
-    previous one used.
-    """
+    """Saves, lists and restores the training-state checkpoints under `directory` (`max_to_keep` newest)."""
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, *, is_chief: bool,
                  max_to_keep: int | None = 3, enable_async: bool = False):
         self.checkpoint, self.directory, self.is_chief = checkpoint, directory, is_chief
-        if enable_async:
-            _keras_variables_support_async_checkpoints()
+        self.max_to_keep, self.enable_async = max_to_keep, enable_async
         self._options = tf.train.CheckpointOptions(enable_async=enable_async)
-        self._manager = (tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
-                                                    checkpoint_name="ckpt") if is_chief else None)
+        self._manager: tf.train.CheckpointManager | None = None
 
-    def save(self, step: int) -> str | None:
-        if not self.is_chief:
-            with _discarded_directory() as directory:
-                self.checkpoint.write(f"{directory}/ckpt", options=self._options)
-                self.checkpoint.sync()
-            return None
-        return self._manager.save(checkpoint_number=step, options=self._options)
+    # ----- listing ----------------------------------------------------------------------------
 
-    def sync(self) -> None:
-        """Waits for an asynchronous save to finish."""
-        self.checkpoint.sync()
-
-    def candidates(self) -> list[str]:
-        """Complete checkpoints in `directory`, newest first."""
-        state = tf.train.get_checkpoint_state(self.directory)
+    def _listed(self) -> list[str]:
+        """The state file's checkpoints, oldest first; a damaged state file is rebuilt (chief) or ignored."""
+        state_file = f"{self.directory}/checkpoint"
+        try:
+            state = tf.train.get_checkpoint_state(self.directory)
+        except Exception as e:  # noqa: BLE001  (a damaged text proto raises parser errors of several types)
+            logging.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
+                            state_file, storage.cause(e))
+            if self.is_chief:
+                storage.remove_quietly(state_file)
+            return []
         if state is None:
             return []
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-        return [p for p in reversed(paths) if tf.io.gfile.exists(f"{p}.index")]
+        return [p if "/" in p else f"{self.directory}/{p}" for p in paths]
 
-    def _interrupted_saves(self, latest: str | None) -> list[str]:
-        """Files of checkpoints newer than the newest complete one: left by a save that was killed."""
-        newest = int(latest.rsplit("-", 1)[1]) if latest else -1
-        names = tf.io.gfile.glob(f"{self.directory}/ckpt-*")
-        numbers = {int(m.group(1)) for m in (re.match(r"ckpt-(\d+)", n.rsplit("/", 1)[-1]) for n in names) if m}
-        return [f"{self.directory}/ckpt-{n}" for n in sorted(numbers) if n > newest]
+    def _numbers_on_disk(self) -> dict[int, list[str]]:
+        with storage.failing_as_storage_error("list", self.directory):
+            if tf.io.gfile.exists(self.directory) and not tf.io.gfile.isdir(self.directory):
+                raise StorageError(f"cannot use {self.directory}: it is a file, not a directory of checkpoints; "
+                                   "move it away")
+            names = tf.io.gfile.glob(f"{self.directory}/{PREFIX}-*")
+        found: dict[int, list[str]] = {}
+        for name in names:
+            match = _NUMBERED.match(name.rsplit("/", 1)[-1])
+            if match:
+                found.setdefault(int(match.group(1)), []).append(name)
+        return found
 
-    def restore_latest(self) -> str | None:
-        """Restores the newest readable checkpoint; returns its path, or None when there is none."""
+    @staticmethod
+    def _complete(prefix: str, files: list[str]) -> bool:
+        """The index and every data shard it needs are on disk (readability is checked when read)."""
+        base = prefix.rsplit("/", 1)[-1]
+        names = {f.rsplit("/", 1)[-1] for f in files}
+        shards = [n for n in names if n.startswith(f"{base}.data-")]
+        return f"{base}.index" in names and bool(shards) and len(shards) == int(shards[0].rsplit("-of-", 1)[1])
+
+    def candidates(self) -> list[str]:
+        """Complete checkpoints, newest first: the listed ones and any newer complete one not listed yet.
+
+        Leftovers of an interrupted save (incomplete checkpoints newer than the newest listed
+        one, a merge's temporary directory) are reported and, on the chief, removed.
+        """
+        listed = [p for p in self._listed() if tf.io.gfile.exists(f"{p}.index")]
+        newest_listed = max((step_of(p) for p in listed), default=-1)
+        unlisted = []
+        for number, files in sorted(self._numbers_on_disk().items()):
+            prefix = f"{self.directory}/{PREFIX}-{number}"
+            if number <= newest_listed:
+                continue
+            if self._complete(prefix, files):
+                unlisted.append(prefix)
+                self._remove_leftovers(prefix, [f for f in files if f.endswith(f"{PREFIX}-{number}_temp")])
+            else:
+                self._remove_leftovers(prefix, files)
+        return sorted(set(listed) | set(unlisted), key=step_of, reverse=True)
+
+    def _remove_leftovers(self, prefix: str, files: list[str]) -> None:
+        if not files:
+            return
+        logging.warning("Found leftovers of an interrupted save of %s; removing them.", prefix)
+        if self.is_chief:
+            for name in files:
+                storage.remove_quietly(name)
+
+    # ----- restoring --------------------------------------------------------------------------
+
+    def restore_newest(self, check: Callable[[str, dict[str, Any]], None]) -> tuple[str, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint; returns its path and progress record, or None if there is none.
+
+        `check(path, progress)` runs before any variable is touched (it may refuse the resume).
+        A damaged checkpoint is reported and the previous one used.
+        """
         candidates = self.candidates()
-        for partial in self._interrupted_saves(candidates[0] if candidates else None):
-            logging.warning("Found an incomplete checkpoint %s (a save was interrupted); ignoring it.", partial)
-            if self.is_chief:
-                for name in tf.io.gfile.glob(f"{partial}*"):
-                    (tf.io.gfile.rmtree if tf.io.gfile.isdir(name) else tf.io.gfile.remove)(name)
-        for i, path in enumerate(candidates):
+        for path in candidates:
+            try:
+                progress = read_progress(path)
+            except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways: DataLoss, IndexError, ...)
+                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
+                continue
+            check(path, progress)
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched().expect_partial()
-            except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways: DataLoss, IndexError, ...)
-                logging.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.",
-                                path, type(e).__name__, (str(e).splitlines() or [""])[0][:200])
+            except (AssertionError, ValueError) as e:
+                raise SetupError(f"checkpoint {path} does not match this run's model and optimizer "
+                                 f"({storage.cause(e)}); resume with the settings that wrote it, or use a new "
+                                 "model_dir") from None
+            except tf.errors.OpError as e:
+                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
                 continue
-            if i:
-                logging.warning("Resumed from %s, the newest readable checkpoint.", path)
-            return path
+            self._adopt(path)
+            return path, progress
         if candidates:
             raise SetupError(f"no checkpoint in {self.directory} is readable; move them away to keep them, "
                              "or pass --fresh to start over")
         return None
+
+    def _adopt(self, path: str) -> None:
+        """Lists a restored checkpoint that the state file did not list yet (the chief writes the list)."""
+        listed = self._listed()
+        if not self.is_chief or path in listed:
+            return
+        logging.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
+        older = [p for p in listed if step_of(p) < step_of(path)]
+        with storage.failing_as_storage_error("update the checkpoint list in", self.directory):
+            tf.compat.v1.train.update_checkpoint_state(self.directory, path, [*older, path])
+        self._manager = None
+
+    # ----- saving -----------------------------------------------------------------------------
+
+    def _chief_manager(self) -> tf.train.CheckpointManager:
+        if self._manager is None:
+            self._listed()  # repairs a damaged state file first
+            storage.makedirs(self.directory)
+            self._manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep,
+                                                       checkpoint_name=PREFIX)
+        return self._manager
+
+    def save(self, step: int) -> str | None:
+        """Writes the state at `step` (every worker calls this); returns its path on the chief."""
+        if not self.is_chief:
+            with discarded_directory() as directory:
+                self._write(lambda: self.checkpoint.write(f"{directory}/{PREFIX}", options=self._options))
+                self.checkpoint.sync()
+            return None
+        manager = self._chief_manager()
+        prefix = f"{self.directory}/{PREFIX}-{step}"
+        try:
+            with storage.failing_as_storage_error("write the checkpoint", prefix, "free some space or fix the "
+                                                  "permissions; earlier checkpoints are intact"):
+                return self._write(lambda: manager.save(checkpoint_number=step, options=self._options))
+        except StorageError:
+            for name in tf.io.gfile.glob(f"{prefix}.*") + tf.io.gfile.glob(f"{prefix}_temp*"):
+                storage.remove_quietly(name)
+            raise
+
+    def _write(self, write):
+        if not self.enable_async:
+            return write()
+        with tf_compat.async_checkpoint_copies():
+            return write()
+
+    def sync(self) -> None:
+        """Waits for an asynchronous save to finish (its failure surfaces here, as a `StorageError`)."""
+        with storage.failing_as_storage_error("finish writing a checkpoint in", self.directory,
+                                              "free some space or fix the permissions"):
+            self.checkpoint.sync()

@@ -102,7 +102,7 @@ def load_tf_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         raise UsageError("multi_worker_mirrored needs TF_CONFIG describing the cluster; "
                          f"set it on every host, e.g. TF_CONFIG='{_EXAMPLE}', or use scripts/launch_local.py")
     config = parse_tf_config(raw)
-    if isinstance(environ, os._Environ):  # pylint: disable=protected-access
+    if environ is os.environ:
         os.environ["TF_CONFIG"] = json.dumps(config)
     return config
 
@@ -151,22 +151,43 @@ def rendezvous(config: dict[str, Any], timeout_s: float, poll_s: float = 0.2) ->
 
 
 _TASK_NAME = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+_REPORTED = re.compile(r"Error reported from /job:\w+/task:\d+: (.*?)(?:\n|$)")
+_USAGE_MARK = "[usage] "
 
 
-def lost_task_message(error: Exception) -> str | None:
-    """One line naming the peer a collective lost (from TensorFlow's error), or None if it is not that."""
+def error_report(task_name: str, error: BaseException) -> str:
+    """The line a failing task reports to the others (`tf_compat.report_error_to_cluster`)."""
+    text = (str(error).strip().splitlines() or [""])[0][:300]
+    if not isinstance(error, (UsageError, SetupError)):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    line = text if text.startswith(task_name) else f"{task_name} failed: {text}"
+    return (_USAGE_MARK if isinstance(error, UsageError) else "") + line
+
+
+def peer_error(error: Exception) -> UsageError | SetupError | None:
+    """One line saying which peer failed or was lost, and why (from TensorFlow's error), or None if it is not that.
+
+    A peer that failed and reported it (`error_report`) is named with its own line; a peer
+    that stopped sending heartbeats or closed its connection is named as lost.
+    """
     text = str(error)
+    reported = _REPORTED.search(text)
+    if reported:
+        line = reported.group(1).strip()
+        return UsageError(line[len(_USAGE_MARK):]) if line.startswith(_USAGE_MARK) else SetupError(line)
     if "unhealthy" in text or "heartbeat" in text:
         why, names = "stopped sending heartbeats", _TASK_NAME.findall(text[text.find("unhealthy"):])
     elif "remote target" in text:
         why, names = "its connection closed", _TASK_NAME.findall(text[text.find("remote target"):])[:1]
-    elif isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
-        why, names = "a collective timed out or could not reach it", []
+    elif isinstance(error, tf.errors.DeadlineExceededError):
+        why, names = "a collective waited longer than --collective_timeout_s: a peer is stuck", []
+    elif isinstance(error, tf.errors.UnavailableError):
+        why, names = "a collective could not reach it", []
     else:
         return None
     lost = ", ".join(dict.fromkeys(f"{job}:{index}" for job, index in names)) or "a peer task"
-    return (f"lost {lost} ({why}); every task stops. Rerun the same command on every task to resume "
-            "from the last checkpoint")
+    return SetupError(f"lost {lost} ({why}); every task stops. Rerun the same command on every task to resume "
+                      "from the last checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +204,11 @@ class ClusterInfo:
     @property
     def num_replicas_per_worker(self) -> int:
         return self.num_replicas // self.num_workers
+
+    @property
+    def task_name(self) -> str:
+        """This task as TensorFlow names it, e.g. `worker:1` (`chief:0` for a single process)."""
+        return f"{self.task_type}:{self.task_index}" if self.task_type else f"worker:{self.worker_index}"
 
     @classmethod
     def from_strategy(cls, strategy: tf.distribute.Strategy) -> ClusterInfo:

@@ -1,91 +1,131 @@
-"""The trainer's side of `callbacks.CallbackContext`: facts for callbacks, and their requests."""
+"""The trainer's side of `callbacks.CallbackContext`: facts for callbacks, and their requests.
+
+It is built from the few objects that own those facts (the cluster, the fit's plan, the run
+state, the learning rate, the model saver) and holds the votes of the current decision point;
+it never reaches into the trainer.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import Any
 
 from callbacks.base import Callback
-from harness.checkpointing import save_keras_model, write_checkpoint
+from callbacks.callback_list import CallbackList
+from callbacks.history import History
+from harness import storage
+from harness.cluster import ClusterInfo
 from harness.decisions import Votes
+from harness.learning_rate import LearningRate
+from harness.metrics import log_names
+from harness.model_saving import ModelSaver
+from harness.run_state import RunState
 
-if TYPE_CHECKING:
-    from harness.trainer import Trainer
+
+@dataclasses.dataclass(frozen=True)
+class FitPlan:
+    """What one `fit` call was asked to do (identical on every worker)."""
+
+    epochs: int
+    steps_per_epoch: int
+    steps_per_execution: int
+    global_batch_size: int
+    has_validation: bool
+    metric_names: tuple[str, ...]  # besides the loss
+    model_dir: str | None
 
 
 class TrainerContext:
     """Implements `callbacks.CallbackContext` for one `Trainer.fit` call."""
 
-    def __init__(self, trainer: Trainer, *, epochs: int, steps_per_epoch: int, has_validation: bool):
-        self._trainer = trainer
-        self.epochs, self.steps_per_epoch, self.has_validation = epochs, steps_per_epoch, has_validation
-        self.epoch = 0
+    def __init__(self, *, cluster: ClusterInfo, plan: FitPlan, state: RunState, learning_rate: LearningRate,
+                 saver: ModelSaver, callbacks: CallbackList, history: History, optimizer: Any, resumed: bool):
+        self._cluster, self._plan, self._state, self._learning_rate = cluster, plan, state, learning_rate
+        self._saver, self._callbacks = saver, callbacks
+        self.history, self.optimizer, self.resumed = history, optimizer, resumed
+        self.epoch = state.epochs_completed  # the epoch in progress (0-based), as hooks receive it
         self.votes = Votes()
 
-    is_chief = property(lambda self: self._trainer.cluster.is_chief)
-    worker_index = property(lambda self: self._trainer.cluster.worker_index)
-    num_workers = property(lambda self: self._trainer.cluster.num_workers)
-    num_replicas = property(lambda self: self._trainer.cluster.num_replicas)
-    model = property(lambda self: self._trainer.model)
-    optimizer = property(lambda self: self._trainer.optimizer)
-    model_dir = property(lambda self: self._trainer.model_dir)
-    steps_per_execution = property(lambda self: self._trainer.steps_per_execution)
-    global_batch_size = property(lambda self: self._trainer.global_batch_size)
-    global_step = property(lambda self: self._trainer.step)
-    stop_reason = property(lambda self: self._trainer.stop_reason)
-    resumed = property(lambda self: self._trainer.resumed_from is not None)
-    history = property(lambda self: self._trainer.history)
-    callbacks = property(lambda self: self._trainer.callbacks.callbacks)
-    step_in_epoch = property(lambda self: self._trainer.step_in_epoch)
-    epochs_completed = property(lambda self: self._trainer.epoch)
+    is_chief = property(lambda self: self._cluster.is_chief)
+    worker_index = property(lambda self: self._cluster.worker_index)
+    num_workers = property(lambda self: self._cluster.num_workers)
+    num_replicas = property(lambda self: self._cluster.num_replicas)
+    epochs = property(lambda self: self._plan.epochs)
+    steps_per_epoch = property(lambda self: self._plan.steps_per_epoch)
+    steps_per_execution = property(lambda self: self._plan.steps_per_execution)
+    global_batch_size = property(lambda self: self._plan.global_batch_size)
+    has_validation = property(lambda self: self._plan.has_validation)
+    model_dir = property(lambda self: self._plan.model_dir)
+    global_step = property(lambda self: self._state.global_step)
+    epochs_completed = property(lambda self: self._state.epochs_completed)
+    step_in_epoch = property(lambda self: self._state.step_in_epoch)
+    stop_reason = property(lambda self: self._state.stop_reason)
+    signal = property(lambda self: self._state.signal)
+    model = property(lambda self: self._saver.model)
+    callbacks = property(lambda self: self._callbacks.callbacks)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every name a log of this trainer can have."""
-        names = self._trainer.train_metrics.names
-        return (*names, *(f"val_{n}" for n in names), "lr")
+        return log_names(self._plan.metric_names)
 
     @property
     def logged_names(self) -> tuple[str, ...]:
         """The names this run's epoch logs have (no `val_*` without validation data)."""
-        names = self._trainer.train_metrics.names
-        return (*names, *(f"val_{n}" for n in names if self.has_validation), "lr")
+        return log_names(self._plan.metric_names, self._plan.has_validation)
+
+    def take_votes(self) -> Votes:
+        """This decision point's votes; the next point starts with none."""
+        votes, self.votes = self.votes, Votes()
+        return votes
+
+    # ----- requests (agreed across workers at the next decision point) ---------------------------
 
     @property
     def learning_rate(self) -> float:
-        return self._trainer.learning_rate.current(self._trainer.step)
+        return self._learning_rate.current(self._state.global_step)
 
     def set_learning_rate(self, value: float) -> None:
+        self._learning_rate.check_settable()
         self.votes.lr_base = float(value)
 
     def scale_learning_rate(self, factor: float) -> None:
-        current = self.votes.lr_scale if self.votes.lr_scale is not None else float(self._trainer.learning_rate.scale.numpy())
+        current = self.votes.lr_scale if self.votes.lr_scale is not None else self._learning_rate.scale_value()
         self.votes.lr_scale = current * float(factor)
 
     def set_learning_rate_schedule(self, schedule) -> None:
-        """Installs a per-step schedule `schedule(step_tensor) -> rate`; call from `on_train_begin`."""
-        self._trainer.set_learning_rate_schedule(schedule)
+        self._learning_rate.set_schedule(schedule)
 
     def request_stop(self, reason: str) -> None:
         if self.votes.stop_reason is None:
             self.votes.stop_reason = reason
 
     def request_save(self, callback: Callback) -> None:
-        self.votes.savers.add(self._trainer.saver_index(callback))
+        self.votes.savers.add(self._callbacks.saver_index(callback))
 
     def request_checkpoint(self) -> None:
-        """Asks for a training-state checkpoint (the resume point) at this decision point."""
         self.votes.savers.add(0)
 
+    # ----- side effects (the chief writes; every worker takes part in saves) ---------------------
+
     def save_weights(self, path: str) -> str | None:
-        if not self._trainer.weights_are_finite():
-            return None
-        return write_checkpoint(self._trainer.weights_checkpoint, path, is_chief=self.is_chief)
+        return self._saver.save_weights(path)
 
     def save_model(self, path: str) -> str | None:
-        if not self._trainer.weights_are_finite():
-            return None
-        return save_keras_model(self._trainer.model, path, is_chief=self.is_chief)
+        return self._saver.save_model(path)
 
     def restore_weights(self, path: str) -> None:
-        """Loads model weights written by `save_weights` (on every worker)."""
-        self._trainer.weights_checkpoint.read(path).expect_partial()
+        self._saver.restore_weights(path)
+
+    def write_text(self, path: str, text: str) -> None:
+        if self.is_chief:
+            storage.write_text(path, text)
+
+    def remove_saved(self, path: str) -> None:
+        """Deletes a weights checkpoint or a `.keras` file written by `save_weights`/`save_model` (chief only)."""
+        if not self.is_chief:
+            return
+        if path.endswith(".keras"):
+            storage.remove_quietly(path)
+        else:
+            storage.remove_checkpoint_files(path)

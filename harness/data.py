@@ -19,10 +19,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from harness import digits  # noqa: F401  (registers the offline `digits` TFDS builder)
+from harness import digits, tf_compat  # digits registers the offline `digits` TFDS builder
 from harness.errors import SetupError, UsageError
+from harness.run_config import DEFAULT_DATASET
 
-DEFAULT_DATASET = "digits"
 SYNTHETIC = "synthetic"
 
 ExamplesFn = Callable[[], tf.data.Dataset]
@@ -45,13 +45,21 @@ class DataSource:
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
     """The batch each replica gets; a global batch that does not split evenly is an error."""
     if global_batch_size < 1:
-        raise UsageError(f"--global_batch_size must be >= 1, got {global_batch_size}")
+        raise UsageError(f"must be >= 1, got {global_batch_size}", argument="global_batch_size")
     if global_batch_size % num_replicas:
         lower = global_batch_size - global_batch_size % num_replicas
-        raise UsageError(f"--global_batch_size={global_batch_size} does not split evenly over {num_replicas} "
-                         f"replicas; use a multiple of {num_replicas}, e.g. {lower or num_replicas} "
-                         f"or {lower + num_replicas}")
+        raise UsageError(f"{global_batch_size} does not split evenly over {num_replicas} replicas; use a multiple "
+                         f"of {num_replicas}, e.g. {lower or num_replicas} or {lower + num_replicas}",
+                         argument="global_batch_size")
     return global_batch_size // num_replicas
+
+
+def check_input_batch_size(data: DatasetFn | None, global_batch_size: int, argument: str) -> None:
+    """An input that knows its global batch (TrainInput, EvalInput) must batch as the trainer scales the loss."""
+    batch = getattr(data, "global_batch_size", None)
+    if batch is not None and batch != global_batch_size:
+        raise UsageError(f"batches {batch} examples per step but the trainer's global_batch_size is "
+                         f"{global_batch_size}; build both with the same global batch size", argument=argument)
 
 
 def _features_to_float(features: tf.Tensor) -> tf.Tensor:
@@ -113,6 +121,11 @@ class TrainInput:
     def steps_per_pass(self) -> int:
         return self.num_examples // self.global_batch_size
 
+    def describe(self) -> dict[str, int]:
+        """What fixes the order of the batches (recorded with a run; a resume must not change it)."""
+        return {"num_examples": self.num_examples, "global_batch_size": self.global_batch_size, "seed": self.seed,
+                "shuffle_window": self.shuffle_window}
+
     def __call__(self, ctx: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
         first_pass, offset = divmod(start_step * self.global_batch_size, self.num_examples)
         examples = self.examples()
@@ -123,7 +136,12 @@ class TrainInput:
 
 class EvalInput:
     """Evaluation batches covering every example exactly once, padded with zero-weight examples
-    to whole global batches so every replica and worker runs the same number of steps."""
+    to whole global batches so every replica and worker runs the same number of steps.
+
+    Examples are `(features, label)` or `(features, label, sample_weight)`; the batches always
+    carry a weight (1.0 when the examples have none, 0.0 for padding). Padding does not count
+    in any mean, nor does a real example of weight 0 in the loss's.
+    """
 
     def __init__(self, examples: ExamplesFn, num_examples: int, global_batch_size: int):
         if num_examples < 1:
@@ -132,8 +150,12 @@ class EvalInput:
         self.steps = -(-num_examples // global_batch_size)
 
     def __call__(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        weighted = self.examples().map(lambda x, y: (x, y, tf.constant(1.0)))
-        padding = weighted.take(1).map(lambda x, y, w: (tf.zeros_like(x), tf.zeros_like(y), tf.constant(0.0)))
+        examples = self.examples()
+        if len(examples.element_spec) == 3:
+            weighted = examples.map(lambda x, y, w: (x, y, tf.cast(w, tf.float32)))
+        else:
+            weighted = examples.map(lambda x, y: (x, y, tf.constant(1.0)))
+        padding = weighted.take(1).map(lambda x, y, w: (tf.zeros_like(x), tf.zeros_like(y), tf.zeros_like(w)))
         stream = weighted.concatenate(padding.repeat(self.steps * self.global_batch_size - self.num_examples))
         return _distribute(stream, self.global_batch_size, ctx)
 
@@ -148,21 +170,13 @@ def accepts_start_step(dataset_fn: DatasetFn) -> bool:
 
 def _wait_for_chief(key: str, timeout_s: float) -> None:
     """Blocks a non-chief worker until the chief has published `key` through the coordination service."""
-    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
-
     try:
-        status = context.context().get_config_key_value(key, timeout_in_ms=int(timeout_s * 1000))
+        status = tf_compat.read_published(key, timeout_s)
     except Exception as e:  # noqa: BLE001  (deadline or lost coordination service)
         raise SetupError(f"timed out after {timeout_s:.0f}s waiting for the chief to prepare the data set "
                          f"({type(e).__name__}); check the chief's log") from None
     if status != "ok":
         raise SetupError(f"the chief failed to prepare the data set: {status}")
-
-
-def _publish(key: str, status: str) -> None:
-    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
-
-    context.context().set_config_key_value(key, status)
 
 
 def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -201,9 +215,9 @@ def prepare_tfds(name: str, data_dir: str | None = None, *, download: bool = Fal
         try:
             builder = _prepare(name, data_dir, download)
         except Exception as e:
-            _publish(key, f"{type(e).__name__}: {e}")
+            tf_compat.publish(key, f"{type(e).__name__}: {e}")
             raise
-        _publish(key, "ok")
+        tf_compat.publish(key, "ok")
         return builder
     _wait_for_chief(key, timeout_s)
     return _prepare(name, data_dir, download)

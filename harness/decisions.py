@@ -1,19 +1,24 @@
 """Collective decisions: every worker stops, saves or changes the learning rate at the same
-step, or none does.
+step, or none does; and every worker knows why.
 
 A decision taken on one worker only (its own clock, a signal it received, a callback that
 votes on the chief alone) would leave the others waiting in a collective forever. At each
 decision point the workers' votes go through one small all-reduce: a stop or save asked by
-any worker is taken by all, each knows who asked, and a learning-rate change takes the
-chief's value.
+any worker is taken by all, a learning-rate change takes the chief's value. When a stop is
+agreed, a second all-reduce carries the reason of the lowest-numbered worker that asked, so
+every worker records the same reason.
+
+`encode`/`decode` are pure (numpy): a decision on W workers is `decode(sum of their encodings)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal as signal_module
 
 import numpy as np
-import tensorflow as tf
+
+REASON_BYTES = 512  # a stop reason longer than this (UTF-8) is cut, with an ellipsis
 
 
 @dataclasses.dataclass
@@ -21,14 +26,10 @@ class Votes:
     """What this worker asks for at one decision point."""
 
     stop_reason: str | None = None
-    preempted: bool = False  # stop and save, but the run is not finished: a rerun resumes it
+    signal: int = 0  # a SIGTERM/SIGINT this worker received: save, stop, and exit 75 (a rerun resumes)
     savers: set[int] = dataclasses.field(default_factory=set)
     lr_base: float | None = None
     lr_scale: float | None = None
-
-    @property
-    def stop(self) -> bool:
-        return self.stop_reason is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,63 +37,66 @@ class Decision:
     """What every worker does: identical on all of them."""
 
     stop_voters: tuple[int, ...] = ()
-    preempted: bool = False
+    stop_reason: str | None = None  # the lowest-numbered voter's reason
+    signal: int = 0  # the lowest-numbered signalled worker's signal
+    signalled: tuple[int, ...] = ()
     savers: tuple[int, ...] = ()
     lr_base: float | None = None
     lr_scale: float | None = None
 
     @property
     def stop(self) -> bool:
-        return bool(self.stop_voters)
+        """Training ends here: a callback asked, or a signal arrived."""
+        return bool(self.stop_voters or self.signal)
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal_module.Signals(self.signal).name if self.signal else None
 
 
-class DecisionMaker:
-    """Agrees on a `Decision` from every worker's `Votes`; free (no communication) on one worker.
+class Layout:
+    """Where each vote sits in the vector: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs."""
 
-    The vote vector: one stop slot per worker, a preemption slot, one slot per saver, and
-    two (flag, value) pairs for learning-rate changes that only the chief fills in.
-    """
+    def __init__(self, num_workers: int, num_savers: int):
+        self.num_workers, self.num_savers = num_workers, num_savers
+        self.size = 2 * num_workers + num_savers + 4
 
-    def __init__(self, strategy: tf.distribute.Strategy, *, num_workers: int, worker_index: int,
-                 is_chief: bool, num_savers: int):
-        self._strategy, self._num_workers, self._worker_index = strategy, num_workers, worker_index
-        self._is_chief, self._num_savers = is_chief, num_savers
-        self._local_replicas = strategy.num_replicas_in_sync // num_workers
-        if num_workers > 1:
-            size = num_workers + 1 + num_savers + 4
-            self._sum = tf.function(self._all_reduce_sum, input_signature=[tf.TensorSpec([size], tf.float64)])
-
-    def _all_reduce_sum(self, votes: tf.Tensor) -> tf.Tensor:
-        per_replica = self._strategy.run(tf.identity, args=(votes,))
-        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    def agree(self, votes: Votes) -> Decision:
-        if self._num_workers == 1:
-            return Decision(stop_voters=(0,) if votes.stop else (), preempted=votes.preempted,
-                            savers=tuple(sorted(votes.savers)), lr_base=votes.lr_base, lr_scale=votes.lr_scale)
-        w, s = self._num_workers, self._num_savers
-        vector = np.zeros([w + 1 + s + 4], np.float64)
-        vector[self._worker_index] = float(votes.stop)
-        vector[w] = float(votes.preempted)
-        vector[[w + 1 + i for i in votes.savers]] = 1.0
-        lr_slots = (w + 1 + s, w + 3 + s)
-        if self._is_chief:
-            for slot, value in zip(lr_slots, (votes.lr_base, votes.lr_scale)):
+    def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
+        w, s = self.num_workers, self.num_savers
+        vector = np.zeros([self.size], np.float64)
+        vector[worker_index] = float(votes.stop_reason is not None)
+        vector[w + worker_index] = float(votes.signal)
+        vector[[2 * w + i for i in votes.savers]] = 1.0
+        if is_chief:  # learning-rate changes take the chief's values
+            for slot, value in zip(self._lr_slots(), (votes.lr_base, votes.lr_scale)):
                 if value is not None:
                     vector[slot:slot + 2] = (1.0, value)
-        # Every local replica contributes the same vector: divide their copies back out.
-        total = self._sum(tf.constant(vector)).numpy() / self._local_replicas
-        lr = [total[k + 1] if total[k] > 0.5 else None for k in lr_slots]
-        return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)),
-                        preempted=bool(total[w] > 0.5),
-                        savers=tuple(int(i) for i in np.flatnonzero(total[w + 1:w + 1 + s] > 0.5)),
+        return vector
+
+    def _lr_slots(self) -> tuple[int, int]:
+        start = 2 * self.num_workers + self.num_savers
+        return start, start + 2
+
+    def decode(self, total: np.ndarray, stop_reason: str | None = None) -> Decision:
+        w, s = self.num_workers, self.num_savers
+        signals = total[w:2 * w]
+        signalled = tuple(int(i) for i in np.flatnonzero(signals > 0.5))
+        lr = [total[k + 1] if total[k] > 0.5 else None for k in self._lr_slots()]
+        return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)), stop_reason=stop_reason,
+                        signal=int(round(signals[signalled[0]])) if signalled else 0, signalled=signalled,
+                        savers=tuple(int(i) for i in np.flatnonzero(total[2 * w:2 * w + s] > 0.5)),
                         lr_base=lr[0], lr_scale=lr[1])
 
-    def all_equal(self, value: int) -> bool:
-        """Whether every worker holds the same integer `value` (one all-reduce)."""
-        if self._num_workers == 1:
-            return True
-        vector = np.zeros([self._sum.input_signature[0].shape[0]], np.float64)
-        vector[self._worker_index] = float(value)
-        total = self._sum(tf.constant(vector)).numpy()[:self._num_workers] / self._local_replicas
-        return bool((total == total[0]).all())
+
+def encode_reason(reason: str) -> np.ndarray:
+    data = reason.encode("utf-8")
+    if len(data) > REASON_BYTES:
+        data = data[:REASON_BYTES - 3].decode("utf-8", "ignore").encode("utf-8") + "...".encode()
+    vector = np.zeros([REASON_BYTES], np.float64)
+    vector[:len(data)] = np.frombuffer(data, np.uint8)
+    return vector
+
+
+def decode_reason(vector: np.ndarray) -> str:
+    data = np.rint(vector).astype(np.uint8).tobytes().rstrip(b"\0")
+    return data.decode("utf-8", "replace")

@@ -27,8 +27,9 @@ class LearningRate:
         if not hasattr(current, "assign"):
             raise UsageError("build the optimizer with a float learning rate and pass schedules to "
                              "callbacks.LearningRateScheduler, so the harness can log, scale and resume them")
+        self.initial = float(current.numpy())
         with strategy.scope():
-            self.base = tf.Variable(float(current.numpy()), trainable=False, name="learning_rate_base")
+            self.base = tf.Variable(self.initial, trainable=False, name="learning_rate_base")
             self.scale = tf.Variable(1.0, trainable=False, name="learning_rate_scale")
         self.schedule: Schedule | None = None
 
@@ -44,10 +45,20 @@ class LearningRate:
     def current(self, step: int) -> float:
         return float(self.value(tf.constant(step, tf.int64)))
 
-    def set_base(self, value: float) -> None:
+    def scale_value(self) -> float:
+        return float(self.scale.numpy())
+
+    def set_schedule(self, schedule: Schedule | None) -> None:
+        """Evaluates `schedule(global_step)` in graph before every step (the training loop retraces once)."""
+        self.schedule = schedule
+
+    def check_settable(self) -> None:
         if self.schedule is not None:
             raise UsageError("a per-step learning-rate schedule is active; it cannot also be set per epoch "
                              "(use one LearningRateScheduler, or scale the rate with ReduceLROnPlateau)")
+
+    def set_base(self, value: float) -> None:
+        self.check_settable()
         self.base.assign(value)
 
     def set_scale(self, value: float) -> None:

@@ -53,8 +53,8 @@ def nan_on_pipeline(train, pipeline, after_steps):
 
 
 def report(phase, t):
-    print("RESULT " + json.dumps({"phase": phase, "worker": t.cluster.worker_index, "step": t.step,
-                                  "epochs": t.epoch, "stop_reason": t.stop_reason}), flush=True)
+    print("RESULT " + json.dumps({"phase": phase, "worker": t.cluster.worker_index, "step": t.global_step,
+                                  "epochs": t.epochs_completed, "stop_reason": t.stop_reason}), flush=True)
 
 
 def main(out_dir, data_dir):

@@ -29,7 +29,7 @@ def main(model_dir, *flags):
     data = lambda ctx: tf.data.Dataset.from_tensors((np.ones([8, 5000], np.float32), np.zeros([8], np.int32))).repeat()
     epochs = int(trainer.checkpointer.candidates()[0].rsplit("-", 1)[1]) if "--resume_only" in flags else 1000
     trainer.fit(data, epochs=max(epochs, 1), steps_per_epoch=1)
-    print(f"RESUMED {trainer.step}", flush=True)
+    print(f"RESUMED {trainer.global_step}", flush=True)
 
 
 if __name__ == "__main__":

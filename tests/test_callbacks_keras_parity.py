@@ -89,7 +89,7 @@ def test_reduce_lr_on_plateau_reduces_at_the_same_epochs_as_keras(digits, sequen
     monitor = options.get("monitor", "val_loss")
     trainer = fit(digits, [InjectMonitor(monitor, values), ReduceLROnPlateau(**options), recorder],
                   epochs=len(values), steps_per_epoch=1, learning_rate=0.01)
-    rates = recorder.rates + [trainer.learning_rate.current(trainer.step)]
+    rates = recorder.rates + [trainer.learning_rate.current(trainer.global_step)]
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
@@ -100,7 +100,7 @@ def test_reduce_lr_on_plateau_composes_with_a_per_step_schedule(digits):
     trainer = fit(digits, [InjectMonitor("val_loss", values), LearningRateScheduler(schedule),
                            ReduceLROnPlateau(patience=1, factor=0.5)], epochs=4, steps_per_epoch=5)
     # No improvement after epoch 1: the rate halves at the ends of epochs 2, 3 and 4, on top of the schedule.
-    assert trainer.learning_rate.current(trainer.step) == pytest.approx(0.125 * float(schedule(20)), rel=1e-6)
+    assert trainer.learning_rate.current(trainer.global_step) == pytest.approx(0.125 * float(schedule(20)), rel=1e-6)
     # The logged rate is the one in effect during the epoch (before that epoch's reduction).
     assert trainer.history.history["lr"] == pytest.approx([float(schedule(5)), float(schedule(10)),
                                                            0.5 * float(schedule(15)), 0.25 * float(schedule(20))],

@@ -144,7 +144,7 @@ def test_terminate_on_nan_stops_and_never_overwrites_the_last_good_checkpoint(di
     trainer = Trainer(s, model, optimizer, SPARSE_CE, global_batch_size=32, model_dir=str(tmp_path))
     checkpoint = ModelCheckpoint("steps/step{step}", save_weights_only=True, save_freq=3)
     trainer.fit(nan_after(digits, 7), epochs=3, steps_per_epoch=5, callbacks=[TerminateOnNaN(), checkpoint])
-    assert trainer.step == 8 and trainer.stop_reason.startswith("non-finite loss (nan) at step 8")
+    assert trainer.global_step == 8 and trainer.stop_reason.startswith("non-finite loss (nan) at step 8")
     assert sorted(f for f in files_under(tmp_path / "steps") if f.endswith(".index")) == ["step3.index", "step6.index"]
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest.endswith("ckpt-5")  # the epoch-end checkpoint; none written after the loss went NaN
@@ -199,7 +199,7 @@ def test_non_chief_writes_nothing(digits, tmp_path):
         TensorBoard(update_freq=2), CSVLogger(), ModelCheckpoint("best.keras"), ProgressBar(stream=out),
         ModelCheckpoint("w/{epoch}", save_weights_only=True),
         EarlyStopping(monitor="loss", restore_best_weights=True, patience=5)])
-    assert trainer.step == 8
+    assert trainer.global_step == 8
     assert files_under(tmp_path) == [] and out.getvalue() == ""
 
 
@@ -217,7 +217,7 @@ def test_no_host_sync_per_step_when_no_callback_asks(digits, tmp_path):
     trainer = make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path), steps_per_execution=5)
     reads, calls = [], []
     result, loop = trainer.train_metrics.result, trainer._make_train_loop
-    trainer.train_metrics.result = lambda: reads.append(trainer.step) or result()
+    trainer.train_metrics.result = lambda: reads.append(trainer.global_step) or result()
 
     def counting_loop():
         compiled = loop()

@@ -37,7 +37,7 @@ def test_multi_worker_without_tf_config_says_how(monkeypatch):
 
 
 def test_tpu_without_name_is_a_usage_error():
-    with pytest.raises(UsageError, match="needs --tpu"):
+    with pytest.raises(UsageError, match="tpu needs a TPU"):
         build_strategy("tpu")
 
 

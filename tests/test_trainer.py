@@ -19,7 +19,7 @@ def test_steps_per_execution_1_and_8_give_the_same_weights_with_2_replicas(digit
         trainer = make_trainer(strategy("mirrored", 2), digits, optimizer="adam", learning_rate=1e-3,
                                steps_per_execution=k)
         trainer.fit(train_input(digits), epochs=2, steps_per_epoch=12)  # 12 = 8 + 4: a short last call
-        assert trainer.step == 24 and int(trainer.global_step.numpy()) == 24
+        assert trainer.global_step == 24 and trainer.restored_global_step() == 24
         final.append([v.numpy() for v in trainer.model.trainable_variables])
     for a, b in zip(*final):
         np.testing.assert_array_equal(a, b)
@@ -31,7 +31,7 @@ def test_changing_k_or_the_epoch_never_retraces(digits):
     trainer.fit(data, epochs=2, steps_per_epoch=12)  # calls with K=8 and K=4
     trainer.steps_per_execution = 3
     trainer.fit(data, epochs=4, steps_per_epoch=12)  # two more epochs with K=3
-    assert trainer.step == 48
+    assert trainer.global_step == 48
     assert trainer.train_loop_traces == 1
 
 

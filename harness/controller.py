@@ -1,0 +1,255 @@
+"""The outer loop of one `Trainer.fit`: resume, epochs, callbacks, and the decision points.
+
+Orbit splits its controller (the outer loop) from its runner (the step); so does the harness:
+the `Trainer` owns the step and the compiled K-step loop, the `Controller` owns the order of
+hooks and decisions. At every decision point the votes of this worker's callbacks and its own
+(a signal, the checkpoint cadence) are agreed with every worker into one `Decision`, and the
+loop acts on that decision only.
+
+One state per step: the checkpoint at global step S holds the state after everything of step
+S ran, its epoch end included when S ends an epoch. So at the decision point after an epoch's
+last loop, saves and signals wait for the epoch end (which follows at once); only a stop
+acts there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+from absl import logging
+
+from callbacks.base import Callback
+from callbacks.cadence import crosses_multiple
+from callbacks.callback_list import CallbackList
+from callbacks.history import History
+from harness import run_record, tf_compat
+from harness.cluster import error_report, peer_error
+from harness.context import FitPlan, TrainerContext
+from harness.data import DatasetFn, check_input_batch_size
+from harness.decision_maker import DecisionMaker, agree_settings
+from harness.decisions import Decision, Votes
+from harness.errors import SetupError, UsageError
+from harness.preemption import WATCHER, Interrupted
+from harness.run_state import read_run_file, write_run_file
+from harness.trainer_settings import settings_record
+
+if TYPE_CHECKING:
+    from harness.trainer import Trainer
+
+_fits = itertools.count()  # the n-th fit of this process: the same on every worker of a job
+SETTINGS_TIMEOUT_S = 600.0  # how long a worker waits for the chief to publish its settings
+
+
+class Controller:
+    """Runs one `fit`: the trainer's step in epochs, with callbacks and agreed decisions."""
+
+    def __init__(self, trainer: Trainer, train_data: DatasetFn, *, epochs: int, steps_per_epoch: int,
+                 validation_data: DatasetFn | None, validation_steps: int | None,
+                 callbacks: Sequence[Callback] | Callback, resume: bool):
+        for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"must be an integer >= 1, got {value!r}", argument=name)
+        if validation_data is not None and not validation_steps:
+            raise UsageError("needs validation_steps (e.g. harness.EvalInput(...).steps)", argument="validation_data")
+        check_input_batch_size(train_data, trainer.global_batch_size, "train_data")
+        check_input_batch_size(validation_data, trainer.global_batch_size, "validation_data")
+        self.trainer, self.train_data, self.resume = trainer, train_data, resume
+        self.validation_data, self.validation_steps = validation_data, validation_steps
+        self.callbacks = CallbackList([trainer.history, *CallbackList(callbacks)])
+        self.plan = FitPlan(epochs=epochs, steps_per_epoch=steps_per_epoch,
+                            steps_per_execution=trainer.steps_per_execution,
+                            global_batch_size=trainer.global_batch_size, has_validation=validation_data is not None,
+                            metric_names=tuple(trainer.metric_fns), model_dir=trainer.model_dir)
+        self.state, self.cluster = trainer.state, trainer.cluster
+        self.maker = DecisionMaker(trainer.strategy, self.cluster, num_savers=1 + len(self.callbacks.callbacks))
+        self.settings = settings_record(trainer, self.plan, self.callbacks, train_data, trainer.settings)
+        self._carried = Votes()  # saves and a signal agreed after an epoch's last loop, acted on at its end
+        self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
+        self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
+
+    @property
+    def history(self) -> History:
+        return self.trainer.history
+
+    # ----- the whole fit ----------------------------------------------------------------------
+
+    def run(self) -> History:
+        self.trainer.trained_in_last_fit = False
+        with WATCHER.deferring():
+            try:
+                context = self._start()
+                if context is not None:
+                    self._train(context)
+            except BaseException as e:
+                raise self._report(e) from None
+        return self.history
+
+    def _report(self, error: BaseException) -> BaseException:
+        """The error to raise here; in a multi-worker job, the others learn of it at once."""
+        if self.cluster.num_workers == 1:
+            return error
+        if isinstance(error, tf.errors.OpError):
+            peer = peer_error(error)
+            if peer is not None:
+                return peer  # a peer failed (and reported why), or is lost
+        tf_compat.report_error_to_cluster(error_report(self.cluster.task_name, error))
+        return error
+
+    def _start(self) -> TrainerContext | None:
+        """Agrees on settings, resumes, and says whether there is anything left to train."""
+        trainer, state = self.trainer, self.state
+        agree_settings(self.cluster, self.settings, attempt=str(next(_fits)), timeout_s=SETTINGS_TIMEOUT_S,
+                       ignore=("data_dir", "download_data"))
+        restored = None
+        if self.resume and trainer.checkpointer is not None:
+            restored = trainer.checkpointer.restore_newest(self._check_resume)
+        context = TrainerContext(cluster=self.cluster, plan=self.plan, state=state,
+                                 learning_rate=trainer.learning_rate, saver=trainer.saver, callbacks=self.callbacks,
+                                 history=self.history, optimizer=trainer.optimizer, resumed=restored is not None)
+        self.callbacks.set_context(context)
+        self.context = context
+        if restored is not None:
+            path, progress = restored
+            state.restore(trainer.restored_global_step(), progress)
+            self.callbacks.set_state(progress["callbacks"])
+            trainer.last_checkpoint = (state.global_step, path)
+            self._saved_step = self._cadence_from = state.global_step
+            logging.warning("Resuming from %s at step %d (epoch %d, step %d of the epoch).", path, state.global_step,
+                            state.epochs_completed + 1, state.step_in_epoch)
+        self._adopt_finished_record()
+        if not self.maker.all_equal(state.global_step * 2 + int(state.finished(self.plan.epochs))):
+            raise SetupError(f"the workers resumed from different checkpoints (this one at step {state.global_step}); "
+                             "every worker must see the same model_dir (shared storage such as gs://)")
+        if state.finished(self.plan.epochs):
+            logging.warning("Nothing to do: the run in %s already finished (%d epochs, step %d, stop reason: %s); "
+                            "use a new model_dir or --fresh to train again.", self.plan.model_dir,
+                            state.epochs_completed, state.global_step, state.stop_reason or "none")
+            return None
+        if trainer.model_dir and self.cluster.is_chief:
+            write_run_file(trainer.model_dir, self.settings, None)
+        return context
+
+    def _check_resume(self, path: str, progress: dict) -> None:
+        changed = run_record.check_resume(progress.get("settings"), self.settings, self.plan.model_dir or "")
+        if changed:
+            logging.warning("Resuming %s with changed settings that keep the mathematics: %s.", path,
+                            run_record.describe(changed))
+
+    def _adopt_finished_record(self) -> None:
+        """A stop that no checkpoint could hold (non-finite weights, before an epoch end) is in run.json."""
+        record = read_run_file(self.plan.model_dir) if self.plan.model_dir else None
+        finished = (record or {}).get("finished") or {}
+        if finished.get("stop_reason") and finished.get("global_step", -1) >= self.state.global_step:
+            self.state.stop_reason = finished["stop_reason"]
+
+    # ----- the epochs -------------------------------------------------------------------------
+
+    def _train(self, context: TrainerContext) -> None:
+        trainer, state, plan, callbacks = self.trainer, self.state, self.plan, self.callbacks
+        trainer.trained_in_last_fit = True
+        callbacks.on_train_begin()
+        iterator = iter(trainer.distribute(self.train_data, state.global_step))
+        logs: dict[str, float] = {}
+        while not state.finished(plan.epochs) and state.signal is None:
+            context.epoch = epoch = state.epochs_completed
+            if state.step_in_epoch == 0:
+                trainer.train_metrics.reset()
+            callbacks.on_epoch_begin(epoch)
+            if self._decide(context).stop:
+                break
+            if not self._train_epoch(context, iterator):
+                break
+            logs = self._epoch_logs()
+            state.epochs_completed, state.step_in_epoch = epoch + 1, 0
+            callbacks.on_epoch_end(epoch, logs)
+            context.request_checkpoint()
+            self._decide(context)
+        callbacks.on_train_end(logs)
+        if trainer.checkpointer is not None:
+            trainer.checkpointer.sync()
+        if trainer.model_dir and self.cluster.is_chief and state.finished(plan.epochs):
+            write_run_file(trainer.model_dir, self.settings, state)
+
+    def _train_epoch(self, context: TrainerContext, iterator) -> bool:
+        """The K-step loops of one epoch; False when training stops before its end."""
+        trainer, state, plan, callbacks = self.trainer, self.state, self.plan, self.callbacks
+        while state.step_in_epoch < plan.steps_per_epoch:
+            k = min(plan.steps_per_execution, plan.steps_per_epoch - state.step_in_epoch)
+            wants_logs = callbacks.wants_batch_logs(state.global_step + k)
+            callbacks.on_train_batch_begin(state.global_step)
+            trainer.run_train_loop(iterator, k)
+            state.global_step += k
+            state.step_in_epoch += k
+            callbacks.on_train_batch_end(state.global_step, trainer.train_metrics.result() if wants_logs else {})
+            if self._decide(context, before_epoch_end=state.step_in_epoch == plan.steps_per_epoch).stop:
+                return False
+        return True
+
+    def _epoch_logs(self) -> dict[str, float]:
+        trainer = self.trainer
+        logs = trainer.train_metrics.result()
+        if self.validation_data is not None:
+            val = trainer.evaluate(self.validation_data, self.validation_steps, self.callbacks)
+            logs.update({f"val_{name}": value for name, value in val.items()})
+        logs["lr"] = trainer.learning_rate.current(self.state.global_step)
+        return logs
+
+    # ----- decision points --------------------------------------------------------------------
+
+    def _own_votes(self, votes: Votes) -> None:
+        """This worker's own votes: a signal it received, and checkpoints every N steps or T seconds."""
+        trainer = self.trainer
+        votes.signal = votes.signal or WATCHER.received
+        votes.savers |= self._carried.savers
+        votes.signal = votes.signal or self._carried.signal
+        self._carried = Votes()
+        every_steps, every_seconds = trainer.checkpoint_every_n_steps, trainer.checkpoint_every_n_seconds
+        if every_steps and crosses_multiple(self._cadence_from, self.state.global_step, every_steps):
+            votes.savers.add(0)
+        if every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds:
+            votes.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
+
+    def _decide(self, context: TrainerContext, before_epoch_end: bool = False) -> Decision:
+        votes = context.take_votes()
+        self._own_votes(votes)
+        decision = self.maker.agree(votes)
+        state = self.state
+        if decision.lr_base is not None:
+            self.trainer.learning_rate.set_base(decision.lr_base)
+        if decision.lr_scale is not None:
+            self.trainer.learning_rate.set_scale(decision.lr_scale)
+        if decision.stop_reason is not None and state.stop_reason is None:
+            state.stop_reason = decision.stop_reason
+        if before_epoch_end and decision.stop_reason is None:
+            self._carried = Votes(signal=decision.signal, savers=set(decision.savers))  # for the epoch end
+            return Decision()
+        if decision.signal and state.signal is None:
+            state.signal = decision.signal_name
+        if before_epoch_end:  # a stop before the epoch end: that state is never checkpointed (see module doc)
+            savers = set(decision.savers) - {0}
+        else:
+            savers = set(decision.savers) | ({0} if decision.stop else set())
+        for saver in sorted(savers):
+            if saver == 0:
+                self._save_checkpoint()
+            else:
+                self.callbacks.callbacks[saver - 1].on_save()
+        return decision
+
+    def _save_checkpoint(self) -> None:
+        """Saves the training state at this step, unless it is saved already (the same state) or cannot be."""
+        trainer, state = self.trainer, self.state
+        if trainer.checkpointer is None or state.global_step == 0 or self._saved_step == state.global_step:
+            return  # (the same decision on every worker: a save reads synchronised variables collectively)
+        if not trainer.weights_are_finite():
+            logging.warning("Not saving a checkpoint at step %d: the model has non-finite weights.",
+                            state.global_step)
+            return
+        path = trainer.write_checkpoint(state.progress(self.callbacks.get_state(), self.settings))
+        self._saved_step = self._cadence_from = state.global_step
+        self._saved_at = time.monotonic()
+        trainer.last_checkpoint = (state.global_step, path)

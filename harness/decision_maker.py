@@ -1,0 +1,85 @@
+"""Agreement across the workers of a job: decisions, equal values, and equal settings.
+
+On one worker nothing is communicated (but the same encode/decode runs, so one code path is
+tested everywhere). On several, decisions take one small all-reduce (two when a stop's reason
+travels), and settings are compared through the coordination service at the start.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from harness import run_record, tf_compat
+from harness.cluster import ClusterInfo
+from harness.decisions import Decision, Layout, Votes, decode_reason, encode_reason
+from harness.errors import SetupError
+
+SETTINGS_KEY = "harness/settings/{attempt}/{task}"
+
+
+class DecisionMaker:
+    """Agrees on a `Decision` from every worker's `Votes`; free (no communication) on one worker."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, cluster: ClusterInfo, num_savers: int):
+        self._strategy, self._cluster = strategy, cluster
+        self._layout = Layout(cluster.num_workers, num_savers)
+        self._local_replicas = cluster.num_replicas_per_worker
+        self._sums = {}
+
+    def _sum(self, vector: np.ndarray) -> np.ndarray:
+        """The sum of `vector` over workers (each worker's local replicas contribute one copy)."""
+        if self._cluster.num_workers == 1:
+            return vector
+        size = vector.shape[0]
+        if size not in self._sums:
+            self._sums[size] = tf.function(self._all_reduce_sum, input_signature=[tf.TensorSpec([size], tf.float64)])
+        return self._sums[size](tf.constant(vector)).numpy() / self._local_replicas
+
+    def _all_reduce_sum(self, vector: tf.Tensor) -> tf.Tensor:
+        per_replica = self._strategy.run(tf.identity, args=(vector,))
+        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def agree(self, votes: Votes) -> Decision:
+        me = self._cluster.worker_index
+        total = self._sum(self._layout.encode(votes, me, self._cluster.is_chief))
+        decision = self._layout.decode(total)
+        if not decision.stop_voters:
+            return decision
+        first = decision.stop_voters[0]
+        mine = encode_reason(votes.stop_reason or "") if me == first else np.zeros_like(encode_reason(""))
+        reason = votes.stop_reason if self._cluster.num_workers == 1 else decode_reason(self._sum(mine))
+        return self._layout.decode(total, stop_reason=reason)
+
+    def all_equal(self, value: int) -> bool:
+        """Whether every worker holds the same integer `value` (one all-reduce)."""
+        if self._cluster.num_workers == 1:
+            return True
+        vector = np.zeros([self._cluster.num_workers], np.float64)
+        vector[self._cluster.worker_index] = float(value)
+        total = self._sum(vector)
+        return bool((total == total[0]).all())
+
+
+def agree_settings(cluster: ClusterInfo, record: run_record.Record, attempt: str, timeout_s: float,
+                   ignore: tuple[str, ...] = ()) -> None:
+    """Fails every task of the job at once when this one was started with other settings than the chief.
+
+    The chief publishes its settings; every other task compares its own with them. A task that
+    differs reports its error to the cluster, which aborts the others' next collective with
+    the same line, naming the task and the settings.
+    """
+    if cluster.num_workers == 1:
+        return
+    key = SETTINGS_KEY.format(attempt=attempt, task="chief")
+    if cluster.is_chief:
+        tf_compat.publish(key, json.dumps(record))
+        return
+    try:
+        chief = json.loads(tf_compat.read_published(key, timeout_s))
+    except (tf.errors.OpError, ValueError) as e:
+        raise SetupError(f"timed out after {timeout_s:.0f}s waiting for the chief's settings ({type(e).__name__}); "
+                         "check the chief's log") from None
+    run_record.check_same_job(chief, record, cluster.task_name, ignore=ignore)

@@ -1,0 +1,101 @@
+"""Saving a model's weights or the whole model: complete or absent, written by the chief only.
+
+Saving may read synchronised variables, which takes every worker; so every worker saves,
+and non-chief workers write into a local temporary directory that they delete at once
+(nothing of theirs ever lands under model_dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+
+import keras
+import tensorflow as tf
+
+from absl import logging
+
+from harness import storage
+from harness.errors import UsageError
+
+
+@contextlib.contextmanager
+def discarded_directory() -> Iterator[str]:
+    """A local temporary directory for a non-chief worker's copy of a save, deleted afterwards."""
+    directory = tempfile.mkdtemp(prefix="harness-worker-save-")
+    try:
+        yield directory
+    finally:
+        storage.remove_quietly(directory)
+
+
+def write_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, *, is_chief: bool) -> str | None:
+    """Writes `checkpoint` at `prefix` atomically on the chief; elsewhere into a discarded temp.
+
+    The files go under a temporary prefix first; the `.index` file, whose presence makes a
+    checkpoint readable, is renamed into place last. Returns the path on the chief.
+    """
+    if not is_chief:
+        with discarded_directory() as directory:
+            checkpoint.write(f"{directory}/ckpt")
+        return None
+    storage.makedirs(storage.parent(prefix))
+    temp = f"{prefix}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with storage.failing_as_storage_error("write the checkpoint", prefix, "free some space or fix the "
+                                              "permissions; earlier saves are intact"):
+            checkpoint.write(temp)
+            data_files = tf.io.gfile.glob(f"{temp}.data-*")
+            storage.remove_checkpoint_files(prefix)
+            for name in data_files:
+                tf.io.gfile.rename(name, prefix + name[len(temp):], overwrite=True)
+            tf.io.gfile.rename(f"{temp}.index", f"{prefix}.index", overwrite=True)
+    finally:
+        for leftover in tf.io.gfile.glob(f"{temp}*"):
+            storage.remove_quietly(leftover)
+    return prefix
+
+
+def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | None:
+    """Saves the whole model (architecture, weights, optimizer) as a `.keras` file, atomically, on the chief."""
+    if not path.endswith(".keras"):
+        raise UsageError(f"a full-model save path must end with '.keras', got {path!r}")
+    if not is_chief:
+        return None
+    storage.makedirs(storage.parent(path))
+    temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex[:8]}.keras"
+    try:
+        with storage.failing_as_storage_error("save the model to", path, "free some space or fix the permissions"):
+            model.save(temp)
+            tf.io.gfile.rename(temp, path, overwrite=True)
+    finally:
+        storage.remove_quietly(temp)
+    return path
+
+
+class ModelSaver:
+    """Saves and restores one model's weights or whole model, never with non-finite weights."""
+
+    def __init__(self, model: keras.Model, *, is_chief: bool, weights_are_finite: Callable[[], bool]):
+        self.model, self.is_chief, self._finite = model, is_chief, weights_are_finite
+        self._checkpoint = tf.train.Checkpoint(model=model)
+
+    def _can_save(self, path: str) -> bool:
+        if self._finite():
+            return True
+        logging.warning("Not saving %s: the model has non-finite weights.", path)
+        return False
+
+    def save_weights(self, path: str) -> str | None:
+        """A `tf.train.Checkpoint(model=...)` at `path` (chief); every worker must call this."""
+        return write_checkpoint(self._checkpoint, path, is_chief=self.is_chief) if self._can_save(path) else None
+
+    def save_model(self, path: str) -> str | None:
+        """The whole model as a `.keras` file at `path` (chief); every worker must call this."""
+        return save_keras_model(self.model, path, is_chief=self.is_chief) if self._can_save(path) else None
+
+    def restore_weights(self, path: str) -> None:
+        """Loads weights written by `save_weights` (on every worker)."""
+        self._checkpoint.read(path).expect_partial()

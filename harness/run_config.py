@@ -1,0 +1,159 @@
+"""`RunConfig`: every setting of a run, one field per `scripts/train.py` flag of the same name.
+
+Pure Python (no TensorFlow): the command line parses and checks every flag before TensorFlow
+starts, so a usage error costs milliseconds. Each field says what it is for (its flag's
+help) and whether changing it on resume changes the mathematics of the run:
+
+- `MATH`: the model, the optimisation, the data and the decisions that shape the weights. A
+  resumed run with a different value is refused (see `harness.run_record`).
+- `LAYOUT`: how the same mathematics is carried out or observed (strategy, replicas,
+  steps per call, logging, checkpoint cadence). A change is allowed and logged.
+- `LOCAL`: where this invocation reads and writes (model_dir, fresh); never recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from callbacks.monitor import MODES
+from callbacks.schedules import SCHEDULES
+from harness.errors import UsageError
+from harness.metrics import METRICS, log_names
+from harness.models import MODELS, OPTIMIZERS
+from harness.strategy import STRATEGIES
+
+MATH, LAYOUT, LOCAL = "math", "layout", "local"
+MIXED_PRECISION = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+DEFAULT_DATASET = "digits"
+MAX_SEED = 2**32 - 1
+
+
+def _field(default: Any, help: str, kind: str = LAYOUT, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+    return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run; each field is the `scripts/train.py` flag of the same name."""
+
+    strategy: str = _field("mirrored", "tf.distribute strategy.", choices=STRATEGIES)
+    num_cpu_devices: int | None = _field(None, "Split a GPU-less host's CPU into this many replicas "
+                                         "(per worker with multi_worker_mirrored).")
+    tpu: str | None = _field(None, "TPU for --strategy=tpu: 'local', a name, or grpc://host:port.")
+    collective_timeout_s: float = _field(600.0, "Fail a multi-worker collective that waits longer than this "
+                                         "(a peer stuck without failing).")
+    cluster_join_timeout_s: float = _field(300.0, "Fail when not every task joins in time.")
+    heartbeat_timeout_s: float = _field(10.0, "A task silent this long is lost: every task fails.")
+    dataset: str = _field(DEFAULT_DATASET, "'digits' (offline, default), 'synthetic', or a TFDS name.", MATH)
+    data_dir: str | None = _field(None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets).")
+    download_data: bool = _field(False, "Let TFDS download a catalog data set (needs network).")
+    global_batch_size: int = _field(64, "Batch size summed over all replicas.", MATH)
+    epochs: int = _field(10, "Number of epochs.")
+    steps_per_epoch: int = _field(0, "Steps per epoch; 0 means one pass over the data.", MATH)
+    model: str = _field("mlp", "Model architecture.", MATH, tuple(MODELS))
+    optimizer: str = _field("adam", "Optimizer.", MATH, tuple(OPTIMIZERS))
+    learning_rate: float = _field(1e-3, "Base learning rate.", MATH)
+    steps_per_execution: int = _field(1, "Steps per compiled loop call (K).")
+    mixed_precision: str = _field("none", "Mixed precision policy.", MATH, tuple(MIXED_PRECISION))
+    jit_compile: bool = _field(False, "Compile the step with XLA.")
+    seed: int = _field(0, f"Seed for weights and data order, 0..{MAX_SEED}.", MATH)
+    deterministic: bool = _field(False, "Enable TensorFlow op determinism (bitwise reproducible).")
+    model_dir: str = _field("runs/default", "Where checkpoints, logs and summary.json go (gs:// works).", LOCAL)
+    fresh: bool = _field(False, "Start over: delete this harness's outputs in --model_dir instead of resuming.",
+                         LOCAL)
+    max_to_keep: int = _field(3, "Training checkpoints (and best checkpoints) to keep.")
+    checkpoint_every_n_steps: int | None = _field(None, "Also checkpoint every N global steps (epoch ends always).")
+    checkpoint_every_n_seconds: float | None = _field(None, "Also checkpoint every T seconds (the chief's clock).")
+    async_checkpoint: bool = _field(False, "Write checkpoints in the background.")
+    export_dir: str = _field("", "At the end, export a SavedModel and a .keras file here.")
+    # Callbacks.
+    progress: bool = _field(True, "Progress bar (live on a terminal, periodic lines otherwise).")
+    tensorboard: bool = _field(True, "TensorBoard event files under <model_dir>/tensorboard.")
+    update_freq: int = _field(0, "TensorBoard batch summaries every N steps; 0: per epoch.")
+    histogram_freq: int = _field(0, "TensorBoard weight histograms every N epochs; 0: off.")
+    profile_steps: str = _field("", "Profile the global steps 'start,stop' into TensorBoard.")
+    csv_log: bool = _field(True, "One CSV row per epoch in <model_dir>/metrics.csv.")
+    terminate_on_nan: bool = _field(True, "Stop all workers when the loss is NaN or infinite.", MATH)
+    monitor: str = _field("val_loss", "Metric for early stopping, best checkpoints and plateaus: "
+                          f"{', '.join(log_names(tuple(METRICS))[:-1])}.", MATH)
+    mode: str = _field("auto", "Whether --monitor should go down (min) or up (max); auto: from its name.", MATH,
+                       MODES)
+    min_delta: float = _field(0.0, "Smallest change of --monitor that counts as an improvement "
+                              "(early stopping and plateaus).", MATH)
+    early_stopping_patience: int | None = _field(None, "Stop after this many epochs without improvement; unset: off.",
+                                                 MATH)
+    restore_best_weights: bool = _field(False, "With early stopping, end on the best weights.", MATH)
+    save_best_only: bool = _field(False, "Also save weights when --monitor improves, in <model_dir>/best/epoch<N> "
+                                  "(the newest --max_to_keep).")
+    lr_schedule: str = _field("constant", "Per-step learning-rate schedule.", MATH, SCHEDULES)
+    warmup_steps: int = _field(0, "Linear learning-rate warm-up steps.", MATH)
+    decay_steps: int = _field(0, "Schedule decay steps; 0: the rest of the run (step: a third).", MATH)
+    lr_decay_rate: float = _field(0.1, "Factor per decay period of --lr_schedule=step.", MATH)
+    reduce_lr_on_plateau_patience: int | None = _field(None, "Reduce the learning rate after this many flat "
+                                                       "epochs; unset: off.", MATH)
+    reduce_lr_factor: float = _field(0.1, "Factor of each plateau reduction, in (0, 1).", MATH)
+    min_lr: float = _field(0.0, "Plateau reductions never go below this learning rate.", MATH)
+
+    def validate(self) -> None:
+        """Raises `UsageError` naming the first invalid field and the fix; needs no TensorFlow."""
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value not in choices:
+                raise UsageError(f"is {value!r}; choose one of {', '.join(choices)}", argument=f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"must be a finite number, got {value}", argument=f.name)
+        _at_least(self, 1, "epochs", "steps_per_execution", "global_batch_size", "max_to_keep", "num_cpu_devices",
+                  "checkpoint_every_n_steps")
+        _at_least(self, 0, "steps_per_epoch", "update_freq", "histogram_freq", "warmup_steps", "decay_steps",
+                  "early_stopping_patience", "reduce_lr_on_plateau_patience", "min_delta", "min_lr")
+        _positive(self, "learning_rate", "lr_decay_rate", "checkpoint_every_n_seconds", "collective_timeout_s",
+                  "cluster_join_timeout_s", "heartbeat_timeout_s")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"must be in 0..{MAX_SEED}, got {self.seed}", argument="seed")
+        if not 0 < self.reduce_lr_factor < 1:
+            raise UsageError(f"must be in (0, 1), got {self.reduce_lr_factor}", argument="reduce_lr_factor")
+        if not self.model_dir:
+            raise UsageError("must not be empty", argument="model_dir")
+        known = log_names(tuple(METRICS))
+        if self.monitor not in known:
+            raise UsageError(f"is {self.monitor!r}, not a metric of this run; choose one of {', '.join(known)}",
+                             argument="monitor")
+        self.profile_range()
+
+    def profile_range(self) -> tuple[int, int]:
+        """`profile_steps` as (start, stop) global steps; (0, 0) when off."""
+        if not self.profile_steps:
+            return (0, 0)
+        try:
+            start, stop = (int(v) for v in self.profile_steps.split(","))
+        except ValueError:
+            raise UsageError(f"must be 'start,stop' global steps, got {self.profile_steps!r}",
+                             argument="profile_steps") from None
+        if not 0 <= start <= stop:
+            raise UsageError(f"must be 'start,stop' with 0 <= start <= stop, got {self.profile_steps!r}",
+                             argument="profile_steps")
+        return (start, stop)
+
+    def recorded(self) -> dict[str, dict[str, Any]]:
+        """The fields a run records in its model_dir, by kind (`MATH` and `LAYOUT`)."""
+        out: dict[str, dict[str, Any]] = {MATH: {}, LAYOUT: {}}
+        for f in dataclasses.fields(self):
+            if f.metadata["kind"] != LOCAL:
+                out[f.metadata["kind"]][f.name] = getattr(self, f.name)
+        return out
+
+
+def _at_least(config: RunConfig, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"must be >= {minimum}, got {value}", argument=name)
+
+
+def _positive(config: RunConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"must be > 0, got {value}", argument=name)

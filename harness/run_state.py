@@ -1,0 +1,65 @@
+"""Where a run stands (global step, epochs, position in the epoch, why it stopped) and its records.
+
+Two records survive the process. Each training checkpoint carries a progress record (the
+state, the callbacks' state and the run's settings) so that a resume continues exactly; and
+`model_dir/run.json` says whether the run finished and why, also when its last state could
+not be checkpointed (non-finite weights, a stop before an epoch end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from absl import logging
+
+from harness import storage
+
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass
+class RunState:
+    """The run's position: identical on every worker."""
+
+    global_step: int = 0
+    epochs_completed: int = 0
+    step_in_epoch: int = 0
+    stop_reason: str | None = None  # the run ended early and is finished (a callback's stop, a failure)
+    signal: str | None = None  # stopped by this signal: a rerun resumes (not finished)
+
+    def finished(self, epochs: int) -> bool:
+        return self.stop_reason is not None or self.epochs_completed >= epochs
+
+    def progress(self, callbacks_state: dict[str, Any], settings: dict[str, Any]) -> str:
+        """The progress record stored in a checkpoint (the signal is not stored: a rerun resumes)."""
+        return json.dumps({"epochs_completed": self.epochs_completed, "step_in_epoch": self.step_in_epoch,
+                           "stop_reason": self.stop_reason, "callbacks": callbacks_state, "settings": settings})
+
+    def restore(self, global_step: int, progress: dict[str, Any]) -> None:
+        self.global_step, self.epochs_completed = global_step, progress["epochs_completed"]
+        self.step_in_epoch, self.stop_reason, self.signal = progress["step_in_epoch"], progress["stop_reason"], None
+
+
+def read_run_file(model_dir: str) -> dict[str, Any] | None:
+    """`model_dir/run.json`, or None when absent; a damaged one is reported and ignored (it is rewritten)."""
+    path = f"{model_dir}/{RUN_FILE}"
+    try:
+        text = storage.read_text(path)
+        record = json.loads(text) if text is not None else None
+    except (storage.StorageError, ValueError) as e:
+        logging.warning("%s is damaged (%s); ignoring it (the checkpoints hold the run's state).", path,
+                        str(e)[:120])
+        return None
+    if record is not None and not isinstance(record, dict):
+        logging.warning("%s is damaged (not a JSON object); ignoring it.", path)
+        return None
+    return record
+
+
+def write_run_file(model_dir: str, settings: dict[str, Any], state: RunState | None) -> None:
+    """Records the run's settings and, once it is finished, where and why it ended (chief only)."""
+    finished = None if state is None else {"global_step": state.global_step, "epochs_completed":
+                                           state.epochs_completed, "stop_reason": state.stop_reason}
+    storage.write_json(f"{model_dir}/{RUN_FILE}", {"settings": settings, "finished": finished})
