@@ -10,6 +10,7 @@ point (`Trainer._decide`, one worker) and each callback alone. For comparison, K
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import sys
@@ -38,7 +39,7 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
     trainer = contender.trainer
     controller = trainer.controller
     context = controller.context
-    context.steps_per_epoch = STEPS_PER_EPOCH  # mid-run state of a real epoch (the progress bar reads it)
+    context.plan = dataclasses.replace(context.plan, steps_per_epoch=STEPS_PER_EPOCH)  # a real epoch's length
     # The default list: History, TensorBoard, CSVLogger, ProgressBar (without the benchmark's timing callback).
     callbacks = controller.callbacks = CallbackList([cb for cb in controller.callbacks
                                                      if not isinstance(cb, (_Stamper, _LastStamper))])

@@ -61,8 +61,9 @@ class HarnessFit:
 
     def _fit(self, epochs: int, steps_per_epoch: int) -> Stamps:
         stamps = Stamps()
-        self.trainer.fit(self.workload.dataset_fn, epochs=self.trainer.epochs_completed + epochs, steps_per_epoch=steps_per_epoch,
-                         callbacks=[_Stamper(stamps), *default_callbacks(), _LastStamper(stamps)], resume=False)
+        self.trainer.fit(self.workload.dataset_fn, epochs=self.trainer.epochs_completed + epochs,
+                         steps_per_epoch=steps_per_epoch, resume=False,
+                         callbacks=[_Stamper(stamps), *default_callbacks(), _LastStamper(stamps)])
         return stamps
 
     def first_step(self) -> float:

@@ -88,7 +88,8 @@ def per_contender_table(rows: list[Row], field: str, scale: float, digits: int) 
         for name in CONTENDERS:
             row = cell.get(name)
             ok = row and row["status"] == "ok" and row[field] is not None
-            values.append(f"{row[field] * scale:.{digits}f}" if ok else ("fails" if row and row["status"] != "ok" else "–"))
+            failed = "fails" if row and row["status"] != "ok" else "–"
+            values.append(f"{row[field] * scale:.{digits}f}" if ok else failed)
         lines.append(f"| {strategy} | {model} | {k} | {' | '.join(values)} |")
     return lines
 
@@ -165,7 +166,8 @@ def targets(rows: list[Row]) -> list[str]:
     for row in rows:
         if row["benchmark"] == "noise_floor":
             lines.append(f"- noise floor: the minimal loop against itself, alternated the same way "
-                         f"({row['strategy']}/{row['model']}/K={row['steps_per_execution']}, {row['repeats']} repeats): "
+                         f"({row['strategy']}/{row['model']}/K={row['steps_per_execution']}, "
+                         f"{row['repeats']} repeats): "
                          f"median {row['ratio_median']:.2f}, range {row['ratio_min']:.2f}-{row['ratio_max']:.2f}; "
                          "a ratio within that range of its target cannot be told apart from it on this machine")
     ckpt = {r["mode"]: r for r in rows if r["benchmark"] == "checkpoint"}

@@ -37,15 +37,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+import harness
 
 NUM_CPU_DEVICES = 2
 harness.configure_cpu_devices(NUM_CPU_DEVICES)  # before TensorFlow initialises its devices
 
-from absl import logging  # noqa: E402
+from absl import logging
 
-from benchmarks import checkpoint_stall, dispatch, machine, noise_floor, report, settings, throughput  # noqa: E402
-from benchmarks.workload import Workload  # noqa: E402
+from benchmarks import checkpoint_stall, dispatch, machine, noise_floor, report, settings, throughput
+from benchmarks.workload import Workload
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

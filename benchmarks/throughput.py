@@ -79,7 +79,7 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
             contender = build(name, workload, os.path.join(workdir, workload.strategy_name, spec.name, name))
             row["seconds"] = contender.first_step()
             contenders[name] = contender
-        except Exception as e:  # noqa: BLE001  (a contender that cannot run is a result)
+        except Exception as e:
             build_errors[name] = row["error"] = describe(e)
             row["status"] = "fails"
         first_steps.append(row)
@@ -95,7 +95,7 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
         for name, contender in contenders.items():
             try:
                 contender.prepare(k)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors[name] = describe(e)
                 log(f"  {name} fails at K={k}: {errors[name]}")
         measurements: dict[str, list] = {name: [] for name in CONTENDERS}
@@ -107,7 +107,7 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
                     continue
                 try:
                     measurement = contenders[name].measure(k, steps_per_epoch, spec.epochs)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     errors[name] = describe(e)
                     log(f"  {name} fails at K={k}: {errors[name]}")
                     continue
@@ -121,7 +121,7 @@ def run_configuration(workload: Workload, k_values, workdir: str, order_shift: i
             rows.append(row)
             speed = f"{row['steps_per_sec']:9.1f} steps/s" if row["status"] == "ok" else "    fails"
             log(f"  {workload.strategy_name}/{spec.name} K={k:<3d} {name:8s} {speed}  "
-                f"samples {['%.0f' % s for s in row['samples_steps_per_sec']]}, {steps_per_epoch} steps/epoch")
+                f"samples {[f'{s:.0f}' for s in row['samples_steps_per_sec']]}, {steps_per_epoch} steps/epoch")
     return rows, first_steps
 
 

@@ -77,6 +77,8 @@ class EarlyStopping(Callback):
         Pure (no context, no TensorFlow), as Lightning's `_evaluate_stopping_criteria`, so the
         criteria are unit-tested against Keras's callback value by value.
         """
+        if epoch < self.start_from_epoch:
+            return None, False
         if self.check_finite and not math.isfinite(current):
             return f"{self.monitor} is {current}", False
         first = self.best_epoch is None
@@ -101,7 +103,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         current = self._monitor.value(logs)
-        if current is None or epoch < self.start_from_epoch:
+        if current is None:
             return
         why, best = self.evaluate_stopping_criteria(epoch, current)
         if best:

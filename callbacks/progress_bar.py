@@ -31,7 +31,8 @@ class ProgressBar(Callback):
                  width: int = 30):
         if updates_per_epoch < 1:
             raise ValueError(f"ProgressBar: updates_per_epoch must be >= 1, got {updates_per_epoch}")
-        self.stream, self.updates_per_epoch, self.log_every_s, self.width = stream, updates_per_epoch, log_every_s, width
+        self.stream, self.updates_per_epoch = stream, updates_per_epoch
+        self.log_every_s, self.width = log_every_s, width
         self._logs: dict[str, float] = {}
 
     @property

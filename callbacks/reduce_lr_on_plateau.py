@@ -40,33 +40,35 @@ class ReduceLROnPlateau(Callback):
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def evaluate_plateau(self, current: float) -> bool:
-        """Updates the counters with this epoch's value; returns whether to reduce the rate now (pure)."""
+    def evaluate_plateau(self, current: float, learning_rate: float) -> float | None:
+        """Updates the counters with this epoch's value; returns the reduced rate when it is due now, else None.
+
+        Pure (no context, no TensorFlow), so the criteria are unit-tested against Keras's callback.
+        """
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0
         if self._monitor.is_improvement(current, self.best):
             self.best, self.wait = current, 0
-            return False
+            return None
         if self.in_cooldown():
-            return False
+            return None
         self.wait += 1
-        return self.wait >= self.patience
+        if self.wait < self.patience or learning_rate <= self.min_lr:
+            return None
+        self.cooldown_counter, self.wait = self.cooldown, 0
+        return max(learning_rate * self.factor, self.min_lr)
 
     def on_epoch_end(self, epoch, logs=None):
         current = self._monitor.value(logs)
-        if current is not None and self.evaluate_plateau(current):
-            self._reduce(epoch)
-
-    def _reduce(self, epoch: int) -> None:
-        old = self.context.learning_rate
-        if old <= self.min_lr:
+        if current is None:
             return
-        new = max(old * self.factor, self.min_lr)
-        self.context.scale_learning_rate(new / old)
-        self.cooldown_counter, self.wait = self.cooldown, 0
-        if self.verbose:
-            logging.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
+        old = self.context.learning_rate
+        new = self.evaluate_plateau(current, old)
+        if new is not None:
+            self.context.scale_learning_rate(new / old)
+            if self.verbose:
+                logging.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
 
     def get_config(self):
         return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,

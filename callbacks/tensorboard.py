@@ -56,7 +56,8 @@ class TensorBoard(Callback):
             raise ValueError(f"TensorBoard: histogram_freq must be >= 0, got {histogram_freq}")
         start, stop = profile_batch if isinstance(profile_batch, (tuple, list)) else (profile_batch, profile_batch)
         if start < 0 or stop < start:
-            raise ValueError(f"TensorBoard: profile_batch must be a step or a (start, stop) range, got {profile_batch!r}")
+            raise ValueError(f"TensorBoard: profile_batch must be a step or a (start, stop) range, "
+                             f"got {profile_batch!r}")
         self.log_dir, self.histogram_freq, self.write_graph = log_dir, histogram_freq, write_graph
         self.update_freq, self._profile_range = update_freq, (start, stop)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}

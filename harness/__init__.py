@@ -10,7 +10,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ClusterInfo": "harness.cluster", "load_tf_config": "harness.cluster", "parse_tf_config": "harness.cluster",
+    "ClusterInfo": "harness.cluster",
+    "parse_tf_config": "harness.cluster_env", "resolve_cluster": "harness.cluster_env",
+    "RunConfig": "harness.run_config",
     "DataSource": "harness.data", "EvalInput": "harness.data", "TrainInput": "harness.data",
     "load_source": "harness.data", "per_replica_batch_size": "harness.data", "synthetic_source": "harness.data",
     "SetupError": "harness.errors", "UsageError": "harness.errors",

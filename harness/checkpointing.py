@@ -57,7 +57,7 @@ class Checkpointer:
         state_file = f"{self.directory}/checkpoint"
         try:
             state = tf.train.get_checkpoint_state(self.directory)
-        except Exception as e:  # noqa: BLE001  (a damaged text proto raises parser errors of several types)
+        except Exception as e:  # a damaged text proto raises parser errors of several types
             logging.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
                             state_file, storage.cause(e))
             if self.is_chief:
@@ -129,7 +129,7 @@ class Checkpointer:
         for path in candidates:
             try:
                 progress = read_progress(path)
-            except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways: DataLoss, IndexError, ...)
+            except Exception as e:  # a damaged file fails in many ways: DataLoss, IndexError, ...
                 logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
                 continue
             check(path, progress)
@@ -170,13 +170,13 @@ class Checkpointer:
                                                        checkpoint_name=PREFIX)
         return self._manager
 
-    def save(self, step: int) -> str | None:
-        """Writes the state at `step` (every worker calls this); returns its path on the chief."""
+    def save(self, step: int) -> str:
+        """Writes the state at `step` (every worker calls this); returns its path (which the chief writes)."""
         if not self.is_chief:
             with discarded_directory() as directory:
                 self._write(lambda: self.checkpoint.write(f"{directory}/{PREFIX}", options=self._options))
                 self.checkpoint.sync()
-            return None
+            return f"{self.directory}/{PREFIX}-{step}"
         manager = self._chief_manager()
         prefix = f"{self.directory}/{PREFIX}-{step}"
         try:

@@ -1,110 +1,22 @@
-"""TF_CONFIG validation and the one place that answers "who am I in this job".
+"""A running job's cluster: the join rendezvous, this task's facts, and what peers' failures mean.
 
-MultiWorkerMirroredStrategy blocks until every task in TF_CONFIG joins, and a malformed
-TF_CONFIG surfaces as a hang or a protobuf error deep inside TensorFlow. We validate it
-before the strategy is built and fail with one line that names the fix.
+Who this process is comes from `harness.cluster_env` (TF_CONFIG, Vertex AI, SLURM, Kubernetes,
+flags); once the strategy is built, `ClusterInfo` holds the facts every part asks about.
+MultiWorkerMirroredStrategy blocks until every task joins, and TensorFlow's errors about a
+lost peer run to dozens of lines: both become one line naming the task.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 import socket
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
-from absl import logging
 
 from harness.errors import SetupError, UsageError
-
-# Task types that take part in synchronous multi-worker training.
-TRAINING_TASK_TYPES = ("chief", "worker")
-_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
-
-
-def _fail(problem: str) -> UsageError:
-    return UsageError(f"TF_CONFIG {problem}; expected e.g. {_EXAMPLE}")
-
-
-def _check_address(address: Any, task: str) -> None:
-    if not isinstance(address, str) or address.count(":") < 1:
-        raise _fail(f"address {address!r} of {task} is not 'host:port'")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _fail(f"address {address!r} of {task} is not 'host:port' with a port in 1..65535")
-
-
-def parse_tf_config(raw: str) -> dict[str, Any]:
-    """Parses and validates a TF_CONFIG string for synchronous multi-worker training.
-
-    Returns the normalised config: a legacy `master` task is renamed `chief` (with a
-    warning), so every process maps it the same way. Raises `UsageError` on any problem.
-    """
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise _fail(f"is not valid JSON ({e.msg} at position {e.pos})") from None
-    if not isinstance(config, Mapping):
-        raise _fail("must be a JSON object")
-    cluster, task = config.get("cluster"), config.get("task")
-    if not isinstance(cluster, Mapping) or not cluster:
-        raise _fail("has no 'cluster' object listing the tasks' addresses")
-    if not isinstance(task, Mapping):
-        raise _fail("has no 'task' object saying which task this process is")
-
-    cluster = {str(k): v for k, v in cluster.items()}
-    task_type, task_index = task.get("type"), task.get("index", 0)
-    if "master" in cluster or task_type == "master":
-        if "chief" in cluster:
-            raise _fail("has both 'master' and 'chief' tasks; keep only 'chief'")
-        logging.warning("TF_CONFIG task type 'master' is the legacy name of 'chief'; treating it as 'chief'.")
-        if "master" in cluster:
-            cluster["chief"] = cluster.pop("master")
-        if task_type == "master":
-            task_type = "chief"
-
-    for job, addresses in cluster.items():
-        if job not in TRAINING_TASK_TYPES:
-            raise _fail(f"cluster has a {job!r} job, which synchronous training does not use; "
-                        f"list only {' and '.join(TRAINING_TASK_TYPES)} tasks")
-        if not isinstance(addresses, list) or not addresses:
-            raise _fail(f"cluster job {job!r} must be a non-empty list of 'host:port' addresses")
-        for i, address in enumerate(addresses):
-            _check_address(address, f"{job}:{i}")
-    if len(cluster.get("chief", [])) > 1:
-        raise _fail(f"lists {len(cluster['chief'])} chief tasks; a cluster has at most one chief")
-    all_addresses = [a for job in cluster.values() for a in job]
-    duplicates = sorted({a for a in all_addresses if all_addresses.count(a) > 1})
-    if duplicates:
-        raise _fail(f"lists the address {duplicates[0]} more than once; give every task its own port")
-
-    if task_type not in TRAINING_TASK_TYPES:
-        raise _fail(f"task type {task_type!r} is unknown; use 'chief' or 'worker'")
-    if task_type not in cluster:
-        raise _fail(f"task type {task_type!r} has no entry in 'cluster'")
-    if isinstance(task_index, bool) or not isinstance(task_index, int):
-        raise _fail(f"task index {task_index!r} is not an integer")
-    if not 0 <= task_index < len(cluster[task_type]):
-        raise _fail(f"task index {task_index} is out of range: cluster has "
-                    f"{len(cluster[task_type])} {task_type} task(s), indices 0..{len(cluster[task_type]) - 1}")
-    return {**config, "cluster": cluster, "task": {**task, "type": task_type, "index": task_index}}
-
-
-def load_tf_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Reads, validates and normalises TF_CONFIG from the environment, writing it back normalised."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get("TF_CONFIG", "")
-    if not raw.strip():
-        raise UsageError("multi_worker_mirrored needs TF_CONFIG describing the cluster; "
-                         f"set it on every host, e.g. TF_CONFIG='{_EXAMPLE}', or use scripts/launch_local.py")
-    config = parse_tf_config(raw)
-    if environ is os.environ:
-        os.environ["TF_CONFIG"] = json.dumps(config)
-    return config
 
 
 def rendezvous(config: dict[str, Any], timeout_s: float, poll_s: float = 0.2) -> None:
@@ -172,11 +84,11 @@ def peer_error(error: Exception) -> UsageError | SetupError | None:
     """
     text = str(error)
     reported = _REPORTED.search(text)
-    if reported:
+    if "unhealthy" in text or "heartbeat" in text:  # the coordination service reports these itself
+        why, names = "stopped sending heartbeats", _TASK_NAME.findall(text[text.find("unhealthy"):])
+    elif reported:
         line = reported.group(1).strip()
         return UsageError(line[len(_USAGE_MARK):]) if line.startswith(_USAGE_MARK) else SetupError(line)
-    if "unhealthy" in text or "heartbeat" in text:
-        why, names = "stopped sending heartbeats", _TASK_NAME.findall(text[text.find("unhealthy"):])
     elif "remote target" in text:
         why, names = "its connection closed", _TASK_NAME.findall(text[text.find("remote target"):])[:1]
     elif isinstance(error, tf.errors.DeadlineExceededError):

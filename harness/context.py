@@ -40,7 +40,7 @@ class TrainerContext:
 
     def __init__(self, *, cluster: ClusterInfo, plan: FitPlan, state: RunState, learning_rate: LearningRate,
                  saver: ModelSaver, callbacks: CallbackList, history: History, optimizer: Any, resumed: bool):
-        self._cluster, self._plan, self._state, self._learning_rate = cluster, plan, state, learning_rate
+        self._cluster, self.plan, self._state, self._learning_rate = cluster, plan, state, learning_rate
         self._saver, self._callbacks = saver, callbacks
         self.history, self.optimizer, self.resumed = history, optimizer, resumed
         self.epoch = state.epochs_completed  # the epoch in progress (0-based), as hooks receive it
@@ -50,12 +50,12 @@ class TrainerContext:
     worker_index = property(lambda self: self._cluster.worker_index)
     num_workers = property(lambda self: self._cluster.num_workers)
     num_replicas = property(lambda self: self._cluster.num_replicas)
-    epochs = property(lambda self: self._plan.epochs)
-    steps_per_epoch = property(lambda self: self._plan.steps_per_epoch)
-    steps_per_execution = property(lambda self: self._plan.steps_per_execution)
-    global_batch_size = property(lambda self: self._plan.global_batch_size)
-    has_validation = property(lambda self: self._plan.has_validation)
-    model_dir = property(lambda self: self._plan.model_dir)
+    epochs = property(lambda self: self.plan.epochs)
+    steps_per_epoch = property(lambda self: self.plan.steps_per_epoch)
+    steps_per_execution = property(lambda self: self.plan.steps_per_execution)
+    global_batch_size = property(lambda self: self.plan.global_batch_size)
+    has_validation = property(lambda self: self.plan.has_validation)
+    model_dir = property(lambda self: self.plan.model_dir)
     global_step = property(lambda self: self._state.global_step)
     epochs_completed = property(lambda self: self._state.epochs_completed)
     step_in_epoch = property(lambda self: self._state.step_in_epoch)
@@ -67,12 +67,12 @@ class TrainerContext:
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every name a log of this trainer can have."""
-        return log_names(self._plan.metric_names)
+        return log_names(self.plan.metric_names)
 
     @property
     def logged_names(self) -> tuple[str, ...]:
         """The names this run's epoch logs have (no `val_*` without validation data)."""
-        return log_names(self._plan.metric_names, self._plan.has_validation)
+        return log_names(self.plan.metric_names, self.plan.has_validation)
 
     def take_votes(self) -> Votes:
         """This decision point's votes; the next point starts with none."""

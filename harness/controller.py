@@ -33,7 +33,7 @@ from harness.data import DatasetFn, check_input_batch_size
 from harness.decision_maker import DecisionMaker, agree_settings
 from harness.decisions import Decision, Votes
 from harness.errors import SetupError, UsageError
-from harness.preemption import WATCHER, Interrupted
+from harness.preemption import WATCHER
 from harness.run_state import read_run_file, write_run_file
 from harness.trainer_settings import settings_record
 

@@ -172,7 +172,7 @@ def _wait_for_chief(key: str, timeout_s: float) -> None:
     """Blocks a non-chief worker until the chief has published `key` through the coordination service."""
     try:
         status = tf_compat.read_published(key, timeout_s)
-    except Exception as e:  # noqa: BLE001  (deadline or lost coordination service)
+    except Exception as e:  # a deadline, or a lost coordination service
         raise SetupError(f"timed out after {timeout_s:.0f}s waiting for the chief to prepare the data set "
                          f"({type(e).__name__}); check the chief's log") from None
     if status != "ok":

@@ -62,7 +62,7 @@ class Layout:
         self.size = 2 * num_workers + num_savers + 4
 
     def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
-        w, s = self.num_workers, self.num_savers
+        w = self.num_workers
         vector = np.zeros([self.size], np.float64)
         vector[worker_index] = float(votes.stop_reason is not None)
         vector[w + worker_index] = float(votes.signal)
@@ -91,7 +91,7 @@ class Layout:
 def encode_reason(reason: str) -> np.ndarray:
     data = reason.encode("utf-8")
     if len(data) > REASON_BYTES:
-        data = data[:REASON_BYTES - 3].decode("utf-8", "ignore").encode("utf-8") + "...".encode()
+        data = data[:REASON_BYTES - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
     vector = np.zeros([REASON_BYTES], np.float64)
     vector[:len(data)] = np.frombuffer(data, np.uint8)
     return vector

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
-
 from absl import logging
 
 from harness import storage

@@ -8,25 +8,34 @@ training: the flags, TF_CONFIG, and that the output directories can be written.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from callbacks import (CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint, ProgressBar, ReduceLROnPlateau,
-                       RunSummary, TensorBoard, TerminateOnNaN, schedules)
+from callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ProgressBar,
+    ReduceLROnPlateau,
+    RunSummary,
+    TensorBoard,
+    TerminateOnNaN,
+    schedules,
+)
 from callbacks.base import Callback
 from harness import storage
-from harness.cluster import ClusterInfo, parse_tf_config
+from harness.cluster import ClusterInfo
 from harness.data import EvalInput, TrainInput, load_source, per_replica_batch_size
 from harness.errors import UsageError
 from harness.export import export_model
 from harness.models import build_model, build_optimizer
 from harness.run_config import MIXED_PRECISION, RunConfig
 from harness.run_state import RUN_FILE
-from harness.strategy import MULTI_WORKER, build_strategy
+from harness.strategy import build_strategy, resolve_job
 from harness.trainer import Trainer
 
 
@@ -52,8 +61,8 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
             cbs.append(ModelCheckpoint("best/epoch{epoch:04d}", monitor=config.monitor, mode=config.mode,
                                        save_best_only=True, save_weights_only=True, max_to_keep=config.max_to_keep))
         if config.tensorboard:
-            cbs.append(TensorBoard(update_freq=config.update_freq or "epoch", histogram_freq=config.histogram_freq,
-                                   profile_batch=config.profile_range()))
+            cbs.append(TensorBoard(config.tensorboard_dir, update_freq=config.update_freq or "epoch",
+                                   histogram_freq=config.histogram_freq, profile_batch=config.profile_range()))
         if config.csv_log:
             cbs.append(CSVLogger())
         if config.progress:
@@ -68,39 +77,17 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
 OUTPUTS = ("checkpoints", "best", "early_stopping", "tensorboard", "metrics.csv", "summary.json", RUN_FILE)
 
 
-def clear_outputs(model_dir: str) -> None:
-    """Deletes what earlier runs of the harness wrote in `model_dir` (nothing else)."""
-    with storage.failing_as_storage_error("clear the outputs of", model_dir):
-        for name in OUTPUTS:
-            path = f"{model_dir}/{name}"
+def clear_outputs(config: RunConfig) -> None:
+    """Deletes what earlier runs of the harness wrote in `model_dir` (nothing else), and their checkpoint
+    and TensorBoard directories where those are elsewhere."""
+    dirs = config.output_dirs()
+    paths = [f"{config.model_dir}/{name}" for name in OUTPUTS] + [dirs["checkpoint_dir"], dirs["tensorboard_dir"]]
+    with storage.failing_as_storage_error("clear the outputs of", config.model_dir):
+        for path in dict.fromkeys(paths):
             if tf.io.gfile.isdir(path):
                 tf.io.gfile.rmtree(path)
             elif tf.io.gfile.exists(path):
                 tf.io.gfile.remove(path)
-
-
-def ignore_stale_tf_config(strategy: str) -> None:
-    """A single-process strategy never uses TF_CONFIG: ignore a stale one, unless it says this task is not the chief.
-
-    A TF_CONFIG left in the environment would otherwise be read by TensorFlow (a malformed one
-    crashes MirroredStrategy), or make a worker of another job write outputs as if it were chief.
-    """
-    raw = os.environ.get("TF_CONFIG", "")
-    if strategy == MULTI_WORKER or not raw.strip():
-        return
-    try:
-        config = parse_tf_config(raw)
-    except UsageError as e:
-        logging.warning("Ignoring TF_CONFIG (--strategy=%s trains in one process): %s", strategy, e.message[:200])
-    else:
-        task = config["task"]
-        chief = ("chief", 0) if "chief" in config["cluster"] else ("worker", 0)
-        if (task["type"], task["index"]) != chief:
-            raise UsageError(f"says this process is {task['type']}:{task['index']} of a cluster, but "
-                             f"--strategy={strategy} trains in one process and would write as the chief; use "
-                             "--strategy=multi_worker_mirrored, or unset TF_CONFIG", argument="TF_CONFIG")
-        logging.warning("Ignoring TF_CONFIG: --strategy=%s trains in one process.", strategy)
-    del os.environ["TF_CONFIG"]
 
 
 class _CheckExportDir(Callback):
@@ -118,19 +105,21 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     """Trains as `config` says; returns the run summary (also in `<model_dir>/summary.json`)."""
     config.validate()
     build_callbacks(config, total_steps=1)  # fail on bad callback options before TensorFlow does any work
-    ignore_stale_tf_config(config.strategy)
+    job = resolve_job(config.strategy, **config.cluster_flags())
+    if job.source != "none":
+        logging.warning("%s.", job.summary().capitalize())
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,
                               collective_timeout_s=config.collective_timeout_s,
                               cluster_join_timeout_s=config.cluster_join_timeout_s,
-                              heartbeat_timeout_s=config.heartbeat_timeout_s)
+                              heartbeat_timeout_s=config.heartbeat_timeout_s, cluster=job)
     cluster = ClusterInfo.from_strategy(strategy)
     per_replica_batch_size(config.global_batch_size, cluster.num_replicas)
     logging.info("Strategy %s: %d worker(s), %d replica(s); this is %s%s.", config.strategy, cluster.num_workers,
                  cluster.num_replicas, cluster.task_name, " (chief)" if cluster.is_chief else "")
     if config.fresh and cluster.is_chief:
-        clear_outputs(config.model_dir)
+        clear_outputs(config)
     source = load_source(config.dataset, config.data_dir, download=config.download_data,
                          is_chief=cluster.is_chief, num_workers=cluster.num_workers)
     train = TrainInput(source.train_examples, source.num_train_examples, config.global_batch_size, seed=config.seed)
@@ -149,7 +138,8 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
                           jit_compile=config.jit_compile, model_dir=config.model_dir,
                           checkpoint_max_to_keep=config.max_to_keep, async_checkpoint=config.async_checkpoint,
                           checkpoint_every_n_steps=config.checkpoint_every_n_steps,
-                          checkpoint_every_n_seconds=config.checkpoint_every_n_seconds, settings=config)
+                          checkpoint_every_n_seconds=config.checkpoint_every_n_seconds, settings=config,
+                          checkpoint_dir=config.checkpoint_dir)
         steps_per_epoch = config.steps_per_epoch or train.steps_per_pass
         run_callbacks = [*(callbacks or []), *build_callbacks(config, total_steps=steps_per_epoch * config.epochs)]
         if config.export_dir:

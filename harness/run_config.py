@@ -30,7 +30,7 @@ DEFAULT_DATASET = "digits"
 MAX_SEED = 2**32 - 1
 
 
-def _field(default: Any, help: str, kind: str = LAYOUT, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+def _field(default: Any, help: str, kind: str = LAYOUT, choices: tuple[str, ...] | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
 
 
@@ -46,6 +46,18 @@ class RunConfig:
                                          "(a peer stuck without failing).")
     cluster_join_timeout_s: float = _field(300.0, "Fail when not every task joins in time.")
     heartbeat_timeout_s: float = _field(10.0, "A task silent this long is lost: every task fails.")
+    worker_hosts: str | None = _field(None, "The training tasks' host:port list, chief first, or a pattern such as "
+                                      "'train-{index}.svc:2222' with --num_workers (overrides TF_CONFIG and the "
+                                      "platform's variables).", LOCAL)
+    num_workers: int | None = _field(None, "How many training tasks a --worker_hosts pattern expands to.", LOCAL)
+    task_type: str | None = _field(None, "This task's type with --worker_hosts: worker (default) or evaluator.",
+                                   LOCAL, ("worker", "evaluator"))
+    task_index: int | None = _field(None, "This task's index in --worker_hosts (default: JOB_COMPLETION_INDEX).",
+                                    LOCAL)
+    port: int | None = _field(None, "Base port of the tasks under SLURM (default 8888), and of --worker_hosts "
+                              "entries without one.", LOCAL)
+    describe_cluster: bool = _field(False, "Print this task's place in the job as one JSON object and exit, "
+                                    "without training or connecting.", LOCAL)
     dataset: str = _field(DEFAULT_DATASET, "'digits' (offline, default), 'synthetic', or a TFDS name.", MATH)
     data_dir: str | None = _field(None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets).")
     download_data: bool = _field(False, "Let TFDS download a catalog data set (needs network).")
@@ -60,7 +72,12 @@ class RunConfig:
     jit_compile: bool = _field(False, "Compile the step with XLA.")
     seed: int = _field(0, f"Seed for weights and data order, 0..{MAX_SEED}.", MATH)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism (bitwise reproducible).")
-    model_dir: str = _field("runs/default", "Where checkpoints, logs and summary.json go (gs:// works).", LOCAL)
+    model_dir: str = _field("runs/default", "Where checkpoints, logs and summary.json go (gs:// works; default "
+                            "AIP_MODEL_DIR on Vertex AI).", LOCAL)
+    checkpoint_dir: str | None = _field(None, "Training checkpoints (default <model_dir>/checkpoints, or "
+                                        "AIP_CHECKPOINT_DIR on Vertex AI).", LOCAL)
+    tensorboard_dir: str | None = _field(None, "TensorBoard event files (default <model_dir>/tensorboard, or "
+                                         "AIP_TENSORBOARD_LOG_DIR on Vertex AI).", LOCAL)
     fresh: bool = _field(False, "Start over: delete this harness's outputs in --model_dir instead of resuming.",
                          LOCAL)
     max_to_keep: int = _field(3, "Training checkpoints (and best checkpoints) to keep.")
@@ -100,14 +117,15 @@ class RunConfig:
         """Raises `UsageError` naming the first invalid field and the fix; needs no TensorFlow."""
         for f in dataclasses.fields(self):
             value, choices = getattr(self, f.name), f.metadata["choices"]
-            if choices and value not in choices:
+            if choices and value is not None and value not in choices:
                 raise UsageError(f"is {value!r}; choose one of {', '.join(choices)}", argument=f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UsageError(f"must be a finite number, got {value}", argument=f.name)
         _at_least(self, 1, "epochs", "steps_per_execution", "global_batch_size", "max_to_keep", "num_cpu_devices",
                   "checkpoint_every_n_steps")
-        _at_least(self, 0, "steps_per_epoch", "update_freq", "histogram_freq", "warmup_steps", "decay_steps",
-                  "early_stopping_patience", "reduce_lr_on_plateau_patience", "min_delta", "min_lr")
+        _at_least(self, 1, "num_workers", "port")
+        _at_least(self, 0, "task_index", "steps_per_epoch", "update_freq", "histogram_freq", "warmup_steps",
+                  "decay_steps", "early_stopping_patience", "reduce_lr_on_plateau_patience", "min_delta", "min_lr")
         _positive(self, "learning_rate", "lr_decay_rate", "checkpoint_every_n_seconds", "collective_timeout_s",
                   "cluster_join_timeout_s", "heartbeat_timeout_s")
         if not 0 <= self.seed <= MAX_SEED:
@@ -121,6 +139,17 @@ class RunConfig:
             raise UsageError(f"is {self.monitor!r}, not a metric of this run; choose one of {', '.join(known)}",
                              argument="monitor")
         self.profile_range()
+
+    def cluster_flags(self) -> dict[str, Any]:
+        """The flags that place this task in a job (see `harness.cluster_env.resolve_cluster`)."""
+        return {"worker_hosts": self.worker_hosts, "num_workers": self.num_workers, "task_type": self.task_type,
+                "task_index": self.task_index, "port": self.port}
+
+    def output_dirs(self) -> dict[str, str]:
+        """Where this run writes: model_dir, and its checkpoint and TensorBoard directories."""
+        return {"model_dir": self.model_dir,
+                "checkpoint_dir": self.checkpoint_dir or f"{self.model_dir}/checkpoints",
+                "tensorboard_dir": self.tensorboard_dir or f"{self.model_dir}/tensorboard"}
 
     def profile_range(self) -> tuple[int, int]:
         """`profile_steps` as (start, stop) global steps; (0, 0) when off."""

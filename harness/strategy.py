@@ -6,13 +6,17 @@ stays cheap.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from absl import logging
 
+from harness.cluster_env import SOURCE_VARIABLES, ResolvedCluster, resolve_cluster
 from harness.errors import SetupError, UsageError
 
 if TYPE_CHECKING:
@@ -71,16 +75,55 @@ def check_timeouts(**timeouts: float | None) -> None:
             raise UsageError(f"must be a finite number of seconds > 0, got {value}", argument=name)
 
 
-def _multi_worker(config: dict, num_cpu_devices: int | None, collective_timeout_s: float | None,
+def resolve_job(strategy: str, environ: Mapping[str, str] | None = None, **cluster_flags) -> ResolvedCluster:
+    """The job this process is part of, as `strategy` uses it (pure: no TensorFlow).
+
+    multi_worker_mirrored needs a cluster (TF_CONFIG, Vertex AI, SLURM, Kubernetes or flags).
+    A single-process strategy ignores a cluster environment, with one warning line, unless it
+    says this process is not the chief (a worker would then write every output as if it were).
+    """
+    environ = os.environ if environ is None else environ
+    if strategy == MULTI_WORKER:
+        cluster = resolve_cluster(environ, **cluster_flags)
+        if cluster.source == "none":
+            raise UsageError("needs a cluster: set TF_CONFIG on every host (or run under Vertex AI, SLURM or a "
+                             "Kubernetes Indexed Job with --worker_hosts), or use scripts/launch_local.py",
+                             argument="strategy=multi_worker_mirrored")
+        return cluster
+    if any(value is not None for value in cluster_flags.values()):
+        raise UsageError(f"--worker_hosts and the other cluster flags need --strategy={MULTI_WORKER}",
+                         argument="strategy")
+    try:
+        cluster = resolve_cluster(environ)
+    except UsageError as e:
+        logging.warning("Ignoring the cluster environment: --strategy=%s trains in one process (%s).", strategy, e)
+        return ResolvedCluster("none")
+    if cluster.task_type is not None and not cluster.is_evaluator and not cluster.is_chief:
+        raise UsageError(f"{SOURCE_VARIABLES[cluster.source]} says this process is {cluster.task_type}:"
+                         f"{cluster.task_index} of a {cluster.num_workers}-task cluster, but --strategy={strategy} "
+                         f"trains in one process and would write as the chief; use --strategy={MULTI_WORKER}, or "
+                         f"unset {SOURCE_VARIABLES[cluster.source]}")
+    if cluster.task_type is not None and not cluster.is_evaluator:
+        logging.warning("Ignoring the %s cluster: --strategy=%s trains in one process.", cluster.source, strategy)
+        return ResolvedCluster("none", ignored_sources=(cluster.source, *cluster.ignored_sources))
+    return cluster
+
+
+def _multi_worker(cluster: ResolvedCluster, num_cpu_devices: int | None, collective_timeout_s: float | None,
                   join_timeout_s: float, heartbeat_timeout_s: float) -> tf.distribute.Strategy:
     import tensorflow as tf
 
     from harness import tf_compat
     from harness.cluster import rendezvous
 
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    config = cluster.tf_config()
+    if config is None:  # a cluster of one task: this process alone
+        os.environ.pop("TF_CONFIG", None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    os.environ["TF_CONFIG"] = json.dumps(config)  # TensorFlow reads it; the evaluator is not part of it
     rendezvous(config, join_timeout_s)
     tf_compat.configure_coordination_service(config["cluster"], join_timeout_s, heartbeat_timeout_s)
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
     if num_cpu_devices and num_cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
         return tf_compat.MultiWorkerCPUReplicasForTesting(options, num_cpu_devices)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -113,15 +156,15 @@ def _tpu(tpu: str | None) -> tf.distribute.Strategy:
         if tpu != "local":
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except Exception as e:  # noqa: BLE001  (TensorFlow raises many unrelated types for "no TPU here")
+    except Exception as e:  # TensorFlow raises many unrelated types for "no TPU here"
         raise SetupError(f"no TPU found for --tpu={tpu} ({type(e).__name__}: {first_line(e)}); run on a "
                          "Cloud TPU VM, or pick another --strategy (e.g. mirrored) on this machine") from None
     return tf.distribute.TPUStrategy(resolver)
 
 
 def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | None = None,
-                   collective_timeout_s: float | None = None, cluster_join_timeout_s: float = 300.0,
-                   heartbeat_timeout_s: float = 10.0, tf_config: dict | None = None) -> tf.distribute.Strategy:
+                   collective_timeout_s: float | None = 600.0, cluster_join_timeout_s: float = 300.0,
+                   heartbeat_timeout_s: float = 10.0, cluster: ResolvedCluster | None = None) -> tf.distribute.Strategy:
     """Returns the strategy called `name` (one of `STRATEGIES`).
 
     `num_cpu_devices` splits a GPU-less host's CPU into that many replicas (mirrored, and
@@ -129,17 +172,20 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
     `collective_timeout_s` bounds every multi-worker collective; `cluster_join_timeout_s`
     bounds the wait for every task to join; a task that stops sending heartbeats for
     `heartbeat_timeout_s` fails the job on every other task instead of hanging it.
-    `tf_config` is this task's cluster (as in TF_CONFIG); by default it is read from TF_CONFIG.
+    `cluster` is this task's place in the job (by default resolved from the environment, see
+    `resolve_job`).
     """
     import tensorflow as tf
 
     from harness import tf_compat
-    from harness.cluster import load_tf_config
 
     if name not in STRATEGIES:
         raise UsageError(f"is unknown: {name!r}; choose one of {', '.join(STRATEGIES)}", argument="strategy")
     check_timeouts(collective_timeout_s=collective_timeout_s, cluster_join_timeout_s=cluster_join_timeout_s,
                    heartbeat_timeout_s=heartbeat_timeout_s)
+    cluster = cluster or resolve_job(name)
+    if name != MULTI_WORKER:
+        os.environ.pop("TF_CONFIG", None)  # resolve_job checked it; TensorFlow must not read it
     if num_cpu_devices is not None:
         configure_cpu_devices(num_cpu_devices)
     if name == "default":
@@ -149,6 +195,6 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
     if name == "mirrored":
         return tf_compat.MirroredStrategyWithOwnKeys(_replica_devices(num_cpu_devices))
     if name == MULTI_WORKER:
-        return _multi_worker(tf_config or load_tf_config(), num_cpu_devices, collective_timeout_s,
-                             cluster_join_timeout_s, heartbeat_timeout_s)
-    return _tpu(tpu)
+        return _multi_worker(cluster, num_cpu_devices, collective_timeout_s, cluster_join_timeout_s,
+                             heartbeat_timeout_s)
+    return _tpu(tpu or cluster.tpu)

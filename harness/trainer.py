@@ -68,6 +68,7 @@ class Trainer:
     and override `train_step` / `test_step` (replica context) to customise the step.
     `settings` are this run's own settings (a `harness.run_config.RunConfig`, or a mapping of
     hyper-parameters): recorded in model_dir, and a resume with other values is refused.
+    Training checkpoints go to `checkpoint_dir` (default `<model_dir>/checkpoints`).
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
@@ -76,7 +77,7 @@ class Trainer:
                  jit_compile: bool = False, model_dir: str | None = None,
                  checkpoint_max_to_keep: int | None = 3, async_checkpoint: bool = False,
                  checkpoint_every_n_steps: int | None = None, checkpoint_every_n_seconds: float | None = None,
-                 cluster: ClusterInfo | None = None, settings: Any = None):
+                 cluster: ClusterInfo | None = None, settings: Any = None, checkpoint_dir: str | None = None):
         if steps_per_execution < 1:
             raise UsageError(f"must be >= 1, got {steps_per_execution}", argument="steps_per_execution")
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
@@ -119,9 +120,10 @@ class Trainer:
             model=model, optimizer=optimizer, global_step=self._step_variable,
             learning_rate_base=self.learning_rate.base, learning_rate_scale=self.learning_rate.scale,
             train_metrics=self.train_metrics.variable, progress=self._progress)
-        self.checkpointer = (Checkpointer(self.checkpoint, f"{model_dir}/checkpoints", is_chief=self.cluster.is_chief,
+        checkpoint_dir = checkpoint_dir or (f"{model_dir}/checkpoints" if model_dir else None)
+        self.checkpointer = (Checkpointer(self.checkpoint, checkpoint_dir, is_chief=self.cluster.is_chief,
                                           max_to_keep=checkpoint_max_to_keep, enable_async=async_checkpoint)
-                             if model_dir else None)
+                             if checkpoint_dir else None)
         self._train_loop: Callable | None = None
         self._traced_schedule: Any = None
         self._eval_loop = tf.function(self._eval_steps)
@@ -261,9 +263,9 @@ class Trainer:
     def distribute(self, dataset_fn: DatasetFn, start_step: int = 0):
         """The distributed dataset of `dataset_fn`, starting after `start_step` consumed global batches."""
         if accepts_start_step(dataset_fn):
-            fn = lambda ctx: dataset_fn(ctx, start_step=start_step)  # noqa: E731
+            fn = lambda ctx: dataset_fn(ctx, start_step=start_step)
         else:
-            fn = lambda ctx: dataset_fn(ctx).skip(start_step * (ctx.num_replicas_in_sync  # noqa: E731
+            fn = lambda ctx: dataset_fn(ctx).skip(start_step * (ctx.num_replicas_in_sync
                                                                 // ctx.num_input_pipelines))
         return self.strategy.distribute_datasets_from_function(fn)
 
@@ -292,7 +294,7 @@ class Trainer:
     def _all_finite(self):
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables])
 
-    def write_checkpoint(self, progress: str) -> str | None:
+    def write_checkpoint(self, progress: str) -> str:
         """Saves the training state with its progress record (every worker must call this at the same step)."""
         self._progress.assign(progress)
         return self.checkpointer.save(self.state.global_step)

@@ -21,9 +21,14 @@ if TYPE_CHECKING:
     from harness.trainer import Trainer
 
 
+def _without_name(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Keras object's configuration without its name (numbered per process: `sgd_1`), nested ones too."""
+    return {k: _without_name(v) if isinstance(v, Mapping) else v for k, v in config.items() if k != "name"}
+
+
 def _loss_config(loss: Any) -> Any:
     if hasattr(loss, "get_config"):
-        return {"class": type(loss).__name__, **loss.get_config()}
+        return {"class": type(loss).__name__, **_without_name(loss.get_config())}
     return getattr(loss, "__qualname__", type(loss).__name__)
 
 
@@ -48,8 +53,8 @@ def settings_record(trainer: Trainer, plan: FitPlan, callbacks: CallbackList, tr
         "global_batch_size": plan.global_batch_size,
         "steps_per_epoch": plan.steps_per_epoch,
         "model": {"class": type(model).__name__, "dtype_policy": model.dtype_policy.name,
-                  "variables": [[v.path, list(v.shape), str(v.dtype)] for v in model.variables]},
-        "optimizer": {"class": type(trainer.optimizer).__name__, **trainer.optimizer_config},
+                  "variables": [[v.name, list(v.shape), str(v.dtype)] for v in model.variables]},
+        "optimizer": {"class": type(trainer.optimizer).__name__, **_without_name(trainer.optimizer_config)},
         "loss": _loss_config(trainer.loss),
         "metrics": list(plan.metric_names),
         "callbacks": callbacks.get_config(),

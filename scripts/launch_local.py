@@ -25,10 +25,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from harness.errors import UsageError  # noqa: E402
-from harness.launch import EXIT_USAGE, launch, script_command, train_args  # noqa: E402
+from harness.errors import UsageError
+from harness.launch import EXIT_USAGE, launch, script_command, train_args
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_workers", 2, "Worker tasks to start.")

@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 failure (one `error:` line), 2 usage error (bad flag or TF
 """
 
 import dataclasses
+import json
 import logging as pylogging
 import os
 import sys
@@ -17,14 +18,16 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
-from harness.preemption import EXIT_PREEMPTED, WATCHER, Interrupted  # noqa: E402
+from harness.preemption import EXIT_PREEMPTED, WATCHER, Interrupted
 
 WATCHER.install()  # from here on a signal ends the process with exit 75 and one line, never a traceback
 
-from harness.errors import SetupError, UsageError  # noqa: E402
-from harness.run_config import RunConfig  # noqa: E402
+from harness.cluster_env import default_output_dirs
+from harness.errors import SetupError, UsageError
+from harness.run_config import RunConfig
+from harness.strategy import resolve_job
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +52,18 @@ define_flags()
 
 
 def config_from_flags() -> RunConfig:
-    return RunConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)})
+    """The flags as a RunConfig; on Vertex AI, its output directories fill the ones not given as flags."""
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)}
+    for name, directory in default_output_dirs(os.environ).items():
+        if not FLAGS[name].present:
+            values[name] = directory
+    return RunConfig(**values)
+
+
+def describe_cluster(config: RunConfig) -> None:
+    """Prints this task's place in the job as one JSON object (no TensorFlow, no connection)."""
+    job = resolve_job(config.strategy, **config.cluster_flags())
+    print(json.dumps({**job.describe(), "strategy": config.strategy, **config.output_dirs()}, sort_keys=True))
 
 
 def fail(message: str, code: int) -> int:
@@ -84,6 +98,9 @@ def main(argv) -> int:
     config = config_from_flags()
     try:
         config.validate()
+        if config.describe_cluster:
+            describe_cluster(config)
+            return 0
         from harness import run as run_lib  # TensorFlow starts here, after the flags are known to be good
 
         summary = run_lib.run(config)

@@ -10,11 +10,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import harness  # noqa: E402
-from callbacks import Callback, EarlyStopping, TerminateOnNaN  # noqa: E402
+import harness
+from callbacks import Callback, EarlyStopping, TerminateOnNaN
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 

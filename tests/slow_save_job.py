@@ -8,12 +8,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
 
-import harness  # noqa: E402
+import harness
 
 
 def main(model_dir, *flags):

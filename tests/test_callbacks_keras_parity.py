@@ -52,16 +52,26 @@ def keras_early_stopping_epoch(values, options):
     return None
 
 
+def our_early_stopping_epoch(values, options):
+    stopper = EarlyStopping(**options)
+    for epoch, value in enumerate(values):
+        if stopper.evaluate_stopping_criteria(epoch, value)[0]:
+            return epoch
+    return None
+
+
 @pytest.mark.parametrize("sequence, options", ES_CASES)
-def test_early_stopping_stops_at_the_same_epoch_as_keras(digits, sequence, options):
+def test_early_stopping_criteria_stop_at_the_same_epoch_as_keras(sequence, options):
     values = SEQUENCES[sequence]
-    expected = keras_early_stopping_epoch(values, options)
-    monitor = options.get("monitor", "val_loss")
-    trainer = fit(digits, [InjectMonitor(monitor, values), EarlyStopping(**options)], epochs=len(values),
+    assert our_early_stopping_epoch(values, options) == keras_early_stopping_epoch(values, options)
+
+
+def test_early_stopping_stops_training_at_the_epoch_its_criteria_say(digits):
+    values, options = SEQUENCES["plateau"], {"patience": 2}
+    trainer = fit(digits, [InjectMonitor("val_loss", values), EarlyStopping(**options)], epochs=len(values),
                   steps_per_epoch=1)
-    stopped = trainer.history.epoch[-1] if trainer.stop_reason else None
-    assert stopped == expected
-    assert (trainer.stop_reason is not None) == (expected is not None)
+    assert trainer.history.epoch[-1] == keras_early_stopping_epoch(values, options)
+    assert trainer.stop_reason.startswith("early stopping: val_loss did not improve for 2 epochs")
 
 
 def keras_plateau_rates(values, options):
@@ -76,21 +86,32 @@ def keras_plateau_rates(values, options):
     return rates
 
 
-@pytest.mark.parametrize("sequence, options", [
+PLATEAU_CASES = [
     ("plateau", {"patience": 1, "factor": 0.5}),
     ("noisy", {"patience": 2, "factor": 0.1, "cooldown": 1}),
     ("rising", {"patience": 1, "factor": 0.5, "min_lr": 0.002}),
     ("accuracy", {"patience": 1, "factor": 0.5, "monitor": "val_accuracy", "min_delta": 0.0}),
-])
-def test_reduce_lr_on_plateau_reduces_at_the_same_epochs_as_keras(digits, sequence, options):
+]
+
+
+@pytest.mark.parametrize("sequence, options", PLATEAU_CASES)
+def test_plateau_criteria_reduce_at_the_same_epochs_as_keras(sequence, options):
     values = SEQUENCES[sequence]
-    expected = keras_plateau_rates(values, options)
+    plateau, rates = ReduceLROnPlateau(**options), [0.01]
+    for value in values:
+        new = plateau.evaluate_plateau(value, rates[-1])
+        rates.append(rates[-1] if new is None else new)
+    np.testing.assert_allclose(rates, keras_plateau_rates(values, options), rtol=1e-6)
+
+
+def test_reduce_lr_on_plateau_changes_the_trainers_rate_when_its_criteria_say(digits):
+    sequence, options = PLATEAU_CASES[1]
+    values = SEQUENCES[sequence]
     recorder = RecordLearningRate()
-    monitor = options.get("monitor", "val_loss")
-    trainer = fit(digits, [InjectMonitor(monitor, values), ReduceLROnPlateau(**options), recorder],
+    trainer = fit(digits, [InjectMonitor("val_loss", values), ReduceLROnPlateau(**options), recorder],
                   epochs=len(values), steps_per_epoch=1, learning_rate=0.01)
     rates = recorder.rates + [trainer.learning_rate.current(trainer.global_step)]
-    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    np.testing.assert_allclose(rates, keras_plateau_rates(values, options), rtol=1e-6)
 
 
 def test_reduce_lr_on_plateau_composes_with_a_per_step_schedule(digits):

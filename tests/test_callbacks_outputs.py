@@ -14,9 +14,18 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
-from callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, ProgressBar, RunSummary,
-                       TensorBoard, TerminateOnNaN)
-from harness import TrainInput, Trainer, build_model
+from callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    ProgressBar,
+    RunSummary,
+    TensorBoard,
+    TerminateOnNaN,
+)
+from harness import Trainer, TrainInput, build_model
 from tests.callback_helpers import InjectMonitor, fit
 from tests.conftest import SPARSE_CE, make_trainer, strategy
 

@@ -1,7 +1,6 @@
 """Same update on 1 or N replicas: the loss is averaged over the global batch, the gradients summed."""
 
 import numpy as np
-import pytest
 
 from harness import EvalInput, TrainInput
 from tests.conftest import make_trainer, strategy

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import TrainInput, Trainer, UsageError
+from harness import Trainer, TrainInput, UsageError
 from tests.conftest import SPARSE_CE, make_trainer, strategy
 
 
