@@ -142,22 +142,28 @@ class Checkpointer:
             except tf.errors.OpError as e:
                 logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
                 continue
-            self._adopt(path)
+            self._adopt(path, candidates)
             return path, progress
         if candidates:
             raise SetupError(f"no checkpoint in {self.directory} is readable; move them away to keep them, "
                              "or pass --fresh to start over")
         return None
 
-    def _adopt(self, path: str) -> None:
-        """Lists a restored checkpoint that the state file did not list yet (the chief writes the list)."""
-        listed = self._listed()
-        if not self.is_chief or path in listed:
+    def _adopt(self, path: str, complete: list[str]) -> None:
+        """Lists a restored checkpoint that the state file did not list yet, with the complete ones before it.
+
+        The chief rewrites the state file, with timestamps, so that `max_to_keep` retention goes on
+        counting the adopted checkpoints.
+        """
+        if not self.is_chief or path in self._listed():
             return
         logging.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
-        older = [p for p in listed if step_of(p) < step_of(path)]
+        paths = sorted((p for p in complete if step_of(p) <= step_of(path)), key=step_of)
+        times = [tf.io.gfile.stat(f"{p}.index").mtime_nsec / 1e9 for p in paths]
         with storage.failing_as_storage_error("update the checkpoint list in", self.directory):
-            tf.compat.v1.train.update_checkpoint_state(self.directory, path, [*older, path])
+            tf.compat.v1.train.update_checkpoint_state(self.directory, path, paths,
+                                                       all_model_checkpoint_timestamps=times,
+                                                       last_preserved_timestamp=min(times) - 1)
         self._manager = None
 
     # ----- saving -----------------------------------------------------------------------------

@@ -47,20 +47,43 @@ def merge(base: Record, override: Record | None) -> Record:
             for kind in (MATH, LAYOUT)}
 
 
+def _rounded(value: Any) -> Any:
+    """Floats at 7 significant digits, for display (a float32 setting reads 0.05, not 0.05000000074505806)."""
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
 def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
+    text = json.dumps(_rounded(value), sort_keys=True)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """`(name, recorded value, current value)` for every name whose values differ (a missing one is None)."""
-    names = sorted(set(recorded) | set(current))
-    return [(n, recorded.get(n), current.get(n)) for n in names if recorded.get(n) != current.get(n)]
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """`(name, recorded value, current value)` for every name whose values differ (a missing one is None).
+
+    Nested mappings are compared key by key, with dotted names (`optimizer.learning_rate`).
+    """
+    diffs = []
+    for name in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(name), current.get(name)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            diffs += differences(old, new, f"{prefix}{name}.")
+        elif old != new:
+            diffs.append((f"{prefix}{name}", old, new))
+    return diffs
 
 
-def describe(diffs: list[tuple[str, Any, Any]], flags: bool = False) -> str:
-    prefix = "--" if flags else ""
-    return ", ".join(f"{prefix}{name} {_short(old)} -> {_short(new)}" for name, old, new in diffs)
+def describe(diffs: list[tuple[str, Any, Any]], flags: bool = False, most: int = 6) -> str:
+    dash = "--" if flags else ""
+    shown = ", ".join(f"{dash if '.' not in name else ''}{name} {_short(old)} -> {_short(new)}"
+                      for name, old, new in diffs[:most])
+    return shown + (f" and {len(diffs) - most} more" if len(diffs) > most else "")
 
 
 class _SettingsError(UsageError):
@@ -100,8 +123,8 @@ class SettingsDifferAcrossTasks(_SettingsError):
 
     def _render(self, flags: bool) -> str:
         dash = "--" if flags else ""
-        detail = ", ".join(f"{dash}{name} is {_short(new)} here but {_short(old)} on the chief"
-                           for name, old, new in self.diffs)
+        detail = ", ".join(f"{dash if '.' not in name else ''}{name} is {_short(new)} here but {_short(old)} on "
+                           "the chief" for name, old, new in self.diffs[:6])
         return f"{self.me} was started with other settings than the chief: {detail}; start every task of a job " \
                "with the same flags"
 
