@@ -7,6 +7,7 @@ worker did, so the test can check that every worker took every decision at the s
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -15,6 +16,7 @@ import numpy as np
 
 import harness
 from callbacks import Callback, EarlyStopping, TerminateOnNaN
+from tests import custom_steps
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
@@ -30,14 +32,25 @@ class VoteOnOneWorker(Callback):
             self.context.request_stop(f"worker {self.worker} voted at step {step}")
 
 
-def trainer(strategy, source, model_dir, linear=False):
+class FailOnOneWorker(Callback):
+    """Raises on one worker only (a bug in a user's callback), from the first loop that ends at or after `step`."""
+
+    def __init__(self, worker, step):
+        self.worker, self.step = worker, step
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.context.worker_index == self.worker and step >= self.step:
+            raise ValueError(f"user callback failed at step {step}")
+
+
+def trainer(strategy, source, model_dir, linear=False, trainer_cls=harness.Trainer, learning_rate=0.1):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = (keras.Sequential([keras.Input(source.input_shape), keras.layers.Flatten(), keras.layers.Dense(10)])
                  if linear else harness.build_model("mlp", source.input_shape, source.num_classes))
-        optimizer = keras.optimizers.SGD(0.1)
-    return harness.Trainer(strategy, model, optimizer, LOSS, global_batch_size=32, steps_per_execution=2,
-                           model_dir=model_dir)
+        optimizer = keras.optimizers.SGD(learning_rate)
+    return trainer_cls(strategy, model, optimizer, LOSS, global_batch_size=32, steps_per_execution=2,
+                       model_dir=model_dir)
 
 
 def nan_on_pipeline(train, pipeline, after_steps):
@@ -75,6 +88,24 @@ def main(out_dir, data_dir):
     t = trainer(strategy, source, f"{out_dir}/early")
     t.fit(train, epochs=5, steps_per_epoch=4, callbacks=[EarlyStopping(monitor="loss", min_delta=10.0)])
     report("early", t)
+
+    for name in ("ClippedTrainer", "PenalisedTrainer"):  # the README's custom steps: one step, as on one device
+        t = trainer(strategy, source, None, trainer_cls=getattr(custom_steps, name), learning_rate=0.5)
+        t.fit(train, epochs=1, steps_per_epoch=1)
+        if info.is_chief:
+            np.savez(f"{out_dir}/{name}.npz", *t.model.get_weights())
+        report(name, t)
+
+    # Last (it aborts the job's collectives): worker 1 fails in a callback, and its script goes on living.
+    t = trainer(strategy, source, None)
+    start = time.monotonic()
+    try:
+        t.fit(train, epochs=3, steps_per_epoch=10, callbacks=[FailOnOneWorker(worker=1, step=3)])
+    except Exception as e:  # a user's script catching its own error, or the peer's
+        print("RESULT " + json.dumps({"phase": "failure", "worker": info.worker_index, "error": str(e),
+                                      "type": type(e).__name__, "seconds": time.monotonic() - start}), flush=True)
+    if info.worker_index == 1:
+        time.sleep(20)  # alive, holding nothing: the others must not wait for it
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from harness.launch import LocalCluster, launch, local_cluster, tf_config
 from harness.run import RunConfig, run
 from tests.conftest import ROOT
+from tests.test_custom_steps import EXAMPLES, one_step
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TRAIN = [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--strategy=multi_worker_mirrored"]
@@ -96,7 +98,7 @@ def test_a_separate_chief_task_writes_the_outputs(tmp_path):
     assert "[chief:0] Epoch 1/1" in out.getvalue() and "[worker:0] Epoch" not in out.getvalue()
 
 
-def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir):
+def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, digits):
     out = io.StringIO()
     code = launch([sys.executable, os.path.join(ROOT, "tests/multi_worker_job.py"), str(tmp_path), data_dir],
                   num_workers=2, out=out, env=ENV)
@@ -118,6 +120,17 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir):
     assert results[("early", 0)]["stop_reason"] == results[("early", 1)]["stop_reason"]
     for phase in ("vote", "nan", "early"):
         assert not [f for f in files_under(tmp_path / phase) if "tmp" in f]
+    # The README's custom steps make the same update on a 2-worker cluster as on one device.
+    for trainer_cls in EXAMPLES:
+        cluster = np.load(tmp_path / f"{trainer_cls.__name__}.npz")
+        reference, _ = one_step(trainer_cls, "default", None, digits)
+        for i, expected in enumerate(reference):
+            np.testing.assert_allclose(cluster[f"arr_{i}"], expected, rtol=0, atol=1e-6)
+    # A worker whose callback fails while its script lives on: the other stops at once, with the real cause.
+    assert results[("failure", 1)]["type"] == "ValueError"
+    assert results[("failure", 0)]["type"] == "SetupError"
+    assert results[("failure", 0)]["error"] == "worker:1 failed: ValueError: user callback failed at step 4"
+    assert results[("failure", 0)]["seconds"] < 10  # bound: the heartbeat timeout
 
 
 def test_a_killed_worker_stops_the_job_quickly_and_a_rerun_resumes(tmp_path, data_dir):
