@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from callbacks.base import Callback
 from callbacks.history import History
@@ -42,6 +43,24 @@ def _check_created_in_scope(strategy: tf.distribute.Strategy, model: keras.Model
         if not strategy.extended.variable_created_in_scope(getattr(variable, "value", variable)):
             raise UsageError(f"variable {variable.path} was not created under strategy.scope(); "
                              "build the model inside `with strategy.scope():`")
+
+
+def _layers(layer: keras.layers.Layer):
+    yield layer
+    for child in getattr(layer, "layers", ()):
+        yield from _layers(child)
+
+
+def _warn_unsynchronised_batch_norm(model: keras.Model, num_replicas: int) -> None:
+    """Per-replica batch statistics make N replicas compute something else than one device, and their
+    moving statistics drift apart (evaluation then depends on the replica read, and a resume changes it)."""
+    unsynced = [layer.name for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+                and not layer.synchronized]
+    if num_replicas > 1 and unsynced:
+        logging.warning("%d BatchNormalization layer(s) of %s (%s...) are not synchronised: on %d replicas each "
+                        "normalises with its own batch and keeps its own moving statistics; build them with "
+                        "keras.layers.BatchNormalization(synchronized=True).", len(unsynced), model.name,
+                        unsynced[0], num_replicas)
 
 
 def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:
@@ -94,6 +113,7 @@ class Trainer:
         per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # an uneven split is a clear error
         self.metric_fns = dict(metrics if metrics is not None else METRICS)
         _check_created_in_scope(strategy, model)
+        _warn_unsynchronised_batch_norm(model, self.cluster.num_replicas)
         with strategy.scope():
             if model.dtype_policy.name == "mixed_float16" and not isinstance(
                     optimizer, keras.optimizers.LossScaleOptimizer):
