@@ -67,9 +67,11 @@ _REPORTED = re.compile(r"Error reported from /job:\w+/task:\d+: (.*?)(?:\n|$)")
 _USAGE_MARK = "[usage] "
 
 
-def error_report(task_name: str, error: BaseException) -> str:
-    """The line a failing task reports to the others (`tf_compat.report_error_to_cluster`)."""
-    text = (str(error).strip().splitlines() or [""])[0][:300]
+def error_report(task_name: str, error: BaseException, flags: bool = False) -> str:
+    """The line a failing task reports to the others (`tf_compat.report_error_to_cluster`); with `flags`,
+    a usage error names command-line flags."""
+    text = error.as_flag() if flags and isinstance(error, UsageError) else str(error)
+    text = (text.strip().splitlines() or [""])[0][:300]
     if not isinstance(error, (UsageError, SetupError)):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     line = text if text.startswith(task_name) else f"{task_name} failed: {text}"

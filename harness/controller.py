@@ -33,7 +33,7 @@ from harness.data import DatasetFn, check_input_batch_size
 from harness.decision_maker import DecisionMaker, agree_settings
 from harness.decisions import Decision, Votes
 from harness.errors import SetupError, UsageError
-from harness.preemption import WATCHER
+from harness.preemption import WATCHER, Interrupted
 from harness.run_state import read_run_file, write_run_file
 from harness.trainer_settings import settings_record
 
@@ -84,6 +84,11 @@ class Controller:
                 context = self._start()
                 if context is not None:
                     self._train(context)
+            except Interrupted as e:  # a second Ctrl-C: no save
+                saved = self.trainer.last_checkpoint
+                e.outcome = (f"at step {self.state.global_step} without saving; rerun the same command to resume "
+                             + (f"from {saved[1]} (step {saved[0]})" if saved else "from the start"))
+                raise self._report(e) from None
             except BaseException as e:
                 raise self._report(e) from None
         return self.history
@@ -96,7 +101,8 @@ class Controller:
             peer = peer_error(error)
             if peer is not None:
                 return peer  # a peer failed (and reported why), or is lost
-        tf_compat.report_error_to_cluster(error_report(self.cluster.task_name, error))
+        flags = hasattr(self.trainer.settings, "recorded")  # a RunConfig: the command line's flags
+        tf_compat.report_error_to_cluster(error_report(self.cluster.task_name, error, flags))
         return error
 
     def _start(self) -> TrainerContext | None:

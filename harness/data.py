@@ -122,9 +122,9 @@ class TrainInput:
         return self.num_examples // self.global_batch_size
 
     def describe(self) -> dict[str, int]:
-        """What fixes the order of the batches (recorded with a run; a resume must not change it)."""
-        return {"num_examples": self.num_examples, "global_batch_size": self.global_batch_size, "seed": self.seed,
-                "shuffle_window": self.shuffle_window}
+        """What fixes the order of the examples (recorded with a run; a resume must not change it).
+        The global batch is recorded by the trainer."""
+        return {"num_examples": self.num_examples, "seed": self.seed, "shuffle_window": self.shuffle_window}
 
     def __call__(self, ctx: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
         first_pass, offset = divmod(start_step * self.global_batch_size, self.num_examples)

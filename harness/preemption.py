@@ -19,11 +19,16 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal; rerun the same command 
 
 
 class Interrupted(BaseException):
-    """A signal ended the process outside the training loop (like KeyboardInterrupt, not an `Exception`)."""
+    """A signal ended the process at once (like KeyboardInterrupt, not an `Exception`).
+
+    `outcome` says what it left behind; the training loop rewrites it when a second Ctrl-C
+    interrupts training.
+    """
 
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
+        self.outcome = "before training started; nothing to save. Rerun the same command to start"
 
 
 class PreemptionWatcher:

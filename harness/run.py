@@ -107,7 +107,8 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     build_callbacks(config, total_steps=1)  # fail on bad callback options before TensorFlow does any work
     job = resolve_job(config.strategy, **config.cluster_flags())
     if job.source != "none":
-        logging.warning("%s.", job.summary().capitalize())
+        summary = job.summary()
+        logging.warning("%s.", summary[0].upper() + summary[1:])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,

@@ -109,8 +109,7 @@ def main(argv) -> int:
     except (SetupError, OSError) as e:
         return fail(str(e), 1)
     except Interrupted as e:
-        print(f"Stopped by {e.signal_name} {getattr(e, 'where', 'before training')}; nothing more was saved. "
-              "Rerun the same command to resume.", file=sys.stderr, flush=True)
+        print(f"Stopped by {e.signal_name} {e.outcome}.", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     if summary["signal"]:
         print(preempted_message(summary), file=sys.stderr, flush=True)
@@ -134,5 +133,5 @@ if __name__ == "__main__":
     try:
         app.run(main, flags_parser=parse_flags)
     except Interrupted as e:  # during start-up, before main
-        print(f"Stopped by {e.signal_name} during start-up; nothing to save.", file=sys.stderr)
+        print(f"Stopped by {e.signal_name} {e.outcome}.", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)

@@ -175,3 +175,21 @@ def test_missing_and_duplicate_tasks_fail_fast_with_one_line(tmp_path):
     duplicate = [e for e in errors if "worker:0 cannot listen on port" in e and "same task index" in e]
     missing = [e for e in errors if e.startswith(f"error: worker:1 ({cluster['worker'][1]}) did not join within 5s")]
     assert len(duplicate) == len(missing) == 1, errors
+
+
+def test_a_cluster_run_continues_in_one_process_as_the_same_run(tmp_path, data_dir):
+    """2 workers for two epochs, then one process with 2 replicas: the same run as 4 epochs on the cluster."""
+    flags = ["--steps_per_execution=2", "--tensorboard=false", "--progress=false", f"--data_dir={data_dir}"]
+    code, output = run_cluster([f"--model_dir={tmp_path / 'run'}", "--epochs=2", *flags])
+    assert code == 0, output[-4000:]
+    resumed = subprocess.run([*TRAIN[:2], "--strategy=mirrored", "--num_cpu_devices=2", "--epochs=4", *flags,
+                              f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, **ENV})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "changed settings that keep the mathematics" in resumed.stderr and "num_workers 2 -> 1" in resumed.stderr
+    code, output = run_cluster([f"--model_dir={tmp_path / 'reference'}", "--epochs=4", *flags])
+    assert code == 0, output[-4000:]
+    ours, reference = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("run", "reference"))
+    assert ours["global_step"] == reference["global_step"] == 4 * 23
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert ours["history"][key] == pytest.approx(reference["history"][key], rel=1e-5), key
