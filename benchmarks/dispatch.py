@@ -24,6 +24,7 @@ from benchmarks.keras_fit import KerasFit
 from benchmarks.timing import Stamps, median, rotated, time_calls
 from benchmarks.workload import Workload
 from callbacks import CallbackList
+from harness.controller import LOOP
 
 Row = dict[str, Any]
 STEPS_PER_EPOCH = 1000
@@ -51,7 +52,7 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
         "wants_batch_logs": lambda: callbacks.wants_batch_logs(step),
         "on_train_batch_begin": lambda: callbacks.on_train_batch_begin(step),
         "on_train_batch_end": lambda: callbacks.on_train_batch_end(step, {}),
-        "decision point": lambda: controller._decide(context),  # pylint: disable=protected-access
+        "decision point": lambda: controller._decide(context, LOOP),  # pylint: disable=protected-access
     }
     for cb in callbacks.callbacks[1:]:  # each callback alone (after History), all three hooks
         alone = CallbackList([cb])

@@ -35,6 +35,8 @@ class CallbackContext(Protocol):
     signal: str | None  # the signal (SIGTERM, SIGINT) that stopped it; a rerun resumes
     history: Any  # the run's callbacks.History
     callbacks: list  # every callback of the run, in order
+    worker_seconds: tuple[float, ...]  # every worker's busy time in the last K-step loop (several workers only)
+    epoch_worker_seconds: tuple[float, ...]  # ... summed over this epoch's loops (see callbacks.stragglers)
     metric_names: tuple[str, ...]  # every name a log of this trainer can have
     logged_names: tuple[str, ...]  # the names this run's epoch logs have
 

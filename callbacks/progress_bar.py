@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from callbacks import stragglers
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 
@@ -17,6 +18,16 @@ def _format_duration(seconds: float) -> str:
 
 def _format_logs(logs: dict[str, float]) -> str:
     return " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
+
+
+def _format_stragglers(seconds) -> str:
+    """' - slowest worker 1: 2.4s (fastest 1.1s)' when the workers' busy times are uneven, else ''."""
+    if not seconds:
+        return ""
+    summary = stragglers.summarize(seconds)
+    if not stragglers.is_uneven(summary):
+        return ""
+    return f" - slowest worker {summary['slowest']}: {summary['max']:.2f}s (fastest {summary['min']:.2f}s)"
 
 
 class ProgressBar(Callback):
@@ -68,6 +79,7 @@ class ProgressBar(Callback):
         status = f"{rate:.1f} steps/s - ETA {_format_duration(eta)}"
         if self._logs:
             status += " - " + _format_logs(self._logs)
+        status += _format_stragglers(self.context.worker_seconds)
         epoch = f"Epoch {self.context.epoch + 1}/{self.context.epochs}"
         if self._live():
             filled = self.width * done // total
@@ -84,7 +96,8 @@ class ProgressBar(Callback):
         elapsed = time.monotonic() - start_time
         steps = self.context.global_step - start_step
         line = (f"Epoch {epoch + 1}/{self.context.epochs} - {steps} steps - {elapsed:.1f}s - "
-                f"{steps / max(elapsed, 1e-9):.1f} steps/s - {_format_logs(logs or {})}")
+                f"{steps / max(elapsed, 1e-9):.1f} steps/s - {_format_logs(logs or {})}"
+                f"{_format_stragglers(self.context.epoch_worker_seconds)}")
         self._out.write(("\r" + line + "\033[K\n") if self._live() else line + "\n")
         self._out.flush()
 

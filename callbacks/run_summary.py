@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from callbacks import stragglers
 from callbacks.base import Callback
 
 
@@ -18,11 +19,14 @@ class RunSummary(Callback):
 
     It holds the strategy and cluster shape, the global step, epochs completed, the stop
     reason, the per-epoch history, the final metrics and, for each callback that monitors a
-    metric, the best value and its epoch. Non-finite values are written as null.
+    metric, the best value and its epoch; with several workers, the straggler view of every
+    epoch (`workers`: min, mean and max busy seconds, and the slowest worker's index). Non-finite
+    values are written as null.
     """
 
     def __init__(self, strategy_name: str, extra: dict[str, Any] | None = None):
         self.strategy_name, self.extra = strategy_name, dict(extra or {})
+        self.workers: list[dict[str, float | int]] = []
 
     def payload(self, final_logs: dict[str, float]) -> dict[str, Any]:
         c = self.context
@@ -34,7 +38,7 @@ class RunSummary(Callback):
                 "num_workers": c.num_workers, "global_batch_size": c.global_batch_size,
                 "global_step": c.global_step, "epochs_completed": len(c.history.epoch),
                 "stop_reason": c.stop_reason, "preempted": c.signal is not None, "signal": c.signal,
-                "history": history,
+                "history": history, "workers": self.workers,
                 "final_metrics": {k: _json_number(v) for k, v in final_logs.items()}, "best": best}
 
     def _write(self, logs) -> None:
@@ -44,7 +48,16 @@ class RunSummary(Callback):
                                     json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.context.epoch_worker_seconds:
+            del self.workers[epoch:]  # a resumed run redoes these epochs
+            self.workers.append(stragglers.summarize(self.context.epoch_worker_seconds))
         self._write(logs)
+
+    def get_state(self):
+        return {"workers": self.workers}
+
+    def set_state(self, state):
+        self.workers = list(state["workers"])
 
     def on_train_end(self, logs=None):
         self._write(logs or self.context.history.last_logs())

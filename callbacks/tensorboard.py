@@ -10,6 +10,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from callbacks import stragglers
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 
@@ -39,7 +40,9 @@ class TensorBoard(Callback):
     - Steps are the global step, for epoch and batch summaries alike, so curves of resumed
       runs continue where they stopped (and a restart mark drops the redone steps' events).
     - Per epoch: `epoch_<metric>` in `train/` and `validation/`, `epoch_learning_rate`,
-      `epoch_steps_per_second` and `epoch_examples_per_second`.
+      `epoch_steps_per_second` and `epoch_examples_per_second`; with several workers, the
+      straggler view `workers/epoch_seconds_{min,mean,max}` and `workers/epoch_slowest`
+      (and `workers/loop_...` with the batch summaries).
     - `update_freq`: "epoch", or every that many steps `batch_<metric>` (running means of
       the epoch), `batch_learning_rate` and `batch_steps_per_second`.
     - `histogram_freq`: weight histograms every that many epochs; `write_graph`: the traced
@@ -124,6 +127,7 @@ class TensorBoard(Callback):
                     tf.summary.scalar(f"batch_{name}", value)
                 tf.summary.scalar("batch_learning_rate", self.context.learning_rate)
                 tf.summary.scalar("batch_steps_per_second", (step - previous_step) / max(now - previous_time, 1e-9))
+                self._write_workers("loop", self.context.worker_seconds)
             self._interval_start = (now, step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -140,6 +144,7 @@ class TensorBoard(Callback):
             tf.summary.scalar("epoch_learning_rate", logs.get("lr", self.context.learning_rate))
             tf.summary.scalar("epoch_steps_per_second", steps_per_second)
             tf.summary.scalar("epoch_examples_per_second", steps_per_second * self.context.global_batch_size)
+            self._write_workers("epoch", self.context.epoch_worker_seconds)
             if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
                 for weight in self.context.model.weights:
                     tf.summary.histogram(weight.path, weight.numpy())
@@ -150,6 +155,16 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.flush()
         self._epoch_start = self._interval_start = (time.monotonic(), step)
+
+    @staticmethod
+    def _write_workers(span: str, seconds) -> None:
+        """The straggler view (several workers): `workers/<span>_seconds_{min,mean,max}`, `workers/<span>_slowest`."""
+        if not seconds:
+            return
+        summary = stragglers.summarize(seconds)
+        for name in ("min", "mean", "max"):
+            tf.summary.scalar(f"workers/{span}_seconds_{name}", summary[name])
+        tf.summary.scalar(f"workers/{span}_slowest", summary["slowest"])
 
     def on_train_end(self, logs=None):
         if self._profiling:

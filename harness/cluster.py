@@ -78,6 +78,11 @@ def error_report(task_name: str, error: BaseException, flags: bool = False) -> s
     return (_USAGE_MARK if isinstance(error, UsageError) else "") + line
 
 
+def reported_error(line: str) -> UsageError | SetupError:
+    """The error a peer's `error_report` line stands for."""
+    return UsageError(line[len(_USAGE_MARK):]) if line.startswith(_USAGE_MARK) else SetupError(line)
+
+
 def peer_error(error: Exception) -> UsageError | SetupError | None:
     """One line saying which peer failed or was lost, and why (from TensorFlow's error), or None if it is not that.
 
@@ -89,8 +94,7 @@ def peer_error(error: Exception) -> UsageError | SetupError | None:
     if "unhealthy" in text or "heartbeat" in text:  # the coordination service reports these itself
         why, names = "stopped sending heartbeats", _TASK_NAME.findall(text[text.find("unhealthy"):])
     elif reported:
-        line = reported.group(1).strip()
-        return UsageError(line[len(_USAGE_MARK):]) if line.startswith(_USAGE_MARK) else SetupError(line)
+        return reported_error(reported.group(1).strip())
     elif "remote target" in text:
         why, names = "its connection closed", _TASK_NAME.findall(text[text.find("remote target"):])[:1]
     elif isinstance(error, tf.errors.DeadlineExceededError):

@@ -45,6 +45,10 @@ class TrainerContext:
         self.history, self.optimizer, self.resumed = history, optimizer, resumed
         self.epoch = state.epochs_completed  # the epoch in progress (0-based), as hooks receive it
         self.votes = Votes()
+        # The straggler view (several workers only): busy seconds by worker index, of the last K-step loop
+        # and of this epoch's loops so far (see callbacks.stragglers).
+        self.worker_seconds: tuple[float, ...] = ()
+        self.epoch_worker_seconds: tuple[float, ...] = ()
 
     is_chief = property(lambda self: self._cluster.is_chief)
     worker_index = property(lambda self: self._cluster.worker_index)

@@ -27,7 +27,7 @@ from callbacks.cadence import crosses_multiple
 from callbacks.callback_list import CallbackList
 from callbacks.history import History
 from harness import run_record, tf_compat
-from harness.cluster import error_report, peer_error
+from harness.cluster import ClusterInfo, error_report, peer_error, reported_error
 from harness.context import FitPlan, TrainerContext
 from harness.data import DatasetFn, check_input_batch_size
 from harness.decision_maker import DecisionMaker, agree_settings
@@ -40,6 +40,19 @@ from harness.trainer_settings import settings_record
 if TYPE_CHECKING:
     from harness.trainer import Trainer
 
+EPOCH_BEGIN, LOOP, LAST_LOOP, EPOCH_END = "epoch begin", "loop", "last loop of the epoch", "epoch end"
+FAILURE_KEY = "harness/failure/{worker}"  # a failing task's error line, for peers that see only a broken connection
+
+
+def published_failure(cluster: ClusterInfo, timeout_s: float = 1.0) -> str | None:
+    """The error line another task published before it failed, if any (its report may race its broken connection)."""
+    for worker in range(cluster.num_workers):
+        if worker != cluster.worker_index:
+            try:
+                return tf_compat.read_published(FAILURE_KEY.format(worker=worker), timeout_s)
+            except Exception:  # not published (a deadline), or the coordination service is gone too
+                continue
+    return None
 _fits = itertools.count()  # the n-th fit of this process: the same on every worker of a job
 SETTINGS_TIMEOUT_S = 600.0  # how long a worker waits for the chief to publish its settings
 
@@ -70,6 +83,7 @@ class Controller:
         self._carried = Votes()  # saves and a signal agreed after an epoch's last loop, acted on at its end
         self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
+        self._departed = time.monotonic()  # when this worker left the last decision point
 
     @property
     def history(self) -> History:
@@ -99,10 +113,13 @@ class Controller:
             return error
         if isinstance(error, tf.errors.OpError):
             peer = peer_error(error)
-            if peer is not None:
-                return peer  # a peer failed (and reported why), or is lost
+            if peer is not None:  # a peer failed (and reported why), or is lost: its own line, if it left one
+                published = published_failure(self.cluster) if peer.args[0].startswith("lost ") else None
+                return reported_error(published) if published else peer
         flags = hasattr(self.trainer.settings, "recorded")  # a RunConfig: the command line's flags
-        tf_compat.report_error_to_cluster(error_report(self.cluster.task_name, error, flags))
+        line = error_report(self.cluster.task_name, error, flags)
+        tf_compat.publish(FAILURE_KEY.format(worker=self.cluster.worker_index), line)
+        tf_compat.report_error_to_cluster(line)
         return error
 
     def _start(self) -> TrainerContext | None:
@@ -165,7 +182,7 @@ class Controller:
             if state.step_in_epoch == 0:
                 trainer.train_metrics.reset()
             callbacks.on_epoch_begin(epoch)
-            if self._decide(context).stop:
+            if self._decide(context, EPOCH_BEGIN).stop:
                 break
             if not self._train_epoch(context, iterator):
                 break
@@ -173,7 +190,7 @@ class Controller:
             state.epochs_completed, state.step_in_epoch = epoch + 1, 0
             callbacks.on_epoch_end(epoch, logs)
             context.request_checkpoint()
-            self._decide(context)
+            self._decide(context, EPOCH_END)
         callbacks.on_train_end(logs)
         if trainer.checkpointer is not None:
             trainer.checkpointer.sync()
@@ -191,7 +208,7 @@ class Controller:
             state.global_step += k
             state.step_in_epoch += k
             callbacks.on_train_batch_end(state.global_step, trainer.train_metrics.result() if wants_logs else {})
-            if self._decide(context, before_epoch_end=state.step_in_epoch == plan.steps_per_epoch).stop:
+            if self._decide(context, LAST_LOOP if state.step_in_epoch == plan.steps_per_epoch else LOOP).stop:
                 return False
         return True
 
@@ -209,6 +226,7 @@ class Controller:
     def _own_votes(self, votes: Votes) -> None:
         """This worker's own votes: a signal it received, and checkpoints every N steps or T seconds."""
         trainer = self.trainer
+        votes.seconds = time.monotonic() - self._departed
         votes.signal = votes.signal or WATCHER.received
         votes.savers |= self._carried.savers
         votes.signal = votes.signal or self._carried.signal
@@ -219,11 +237,14 @@ class Controller:
         if every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds:
             votes.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
 
-    def _decide(self, context: TrainerContext, before_epoch_end: bool = False) -> Decision:
+    def _decide(self, context: TrainerContext, point: str) -> Decision:
+        """Agrees on this point's votes with every worker and acts on the decision (see the module doc)."""
         votes = context.take_votes()
         self._own_votes(votes)
         decision = self.maker.agree(votes)
-        state = self.state
+        self._departed = time.monotonic()
+        self._record_worker_seconds(context, decision, point)
+        state, before_epoch_end = self.state, point == LAST_LOOP
         if decision.lr_base is not None:
             self.trainer.learning_rate.set_base(decision.lr_base)
         if decision.lr_scale is not None:
@@ -245,6 +266,17 @@ class Controller:
             else:
                 self.callbacks.callbacks[saver - 1].on_save()
         return decision
+
+    def _record_worker_seconds(self, context: TrainerContext, decision: Decision, point: str) -> None:
+        """Keeps the straggler view for callbacks: the last loop's busy times, and this epoch's sums."""
+        if self.cluster.num_workers == 1 or point == EPOCH_END:
+            return
+        if point == EPOCH_BEGIN:
+            context.worker_seconds, context.epoch_worker_seconds = (), tuple(0.0 for _ in decision.seconds)
+            return
+        context.worker_seconds = decision.seconds
+        context.epoch_worker_seconds = tuple(a + b for a, b in zip(context.epoch_worker_seconds or
+                                                                   (0.0,) * len(decision.seconds), decision.seconds))
 
     def _save_checkpoint(self) -> None:
         """Saves the training state at this step, unless it is saved already (the same state) or cannot be."""

@@ -6,7 +6,8 @@ votes on the chief alone) would leave the others waiting in a collective forever
 decision point the workers' votes go through one small all-reduce: a stop or save asked by
 any worker is taken by all, a learning-rate change takes the chief's value. When a stop is
 agreed, a second all-reduce carries the reason of the lowest-numbered worker that asked, so
-every worker records the same reason.
+every worker records the same reason. The same vector carries each worker's busy time since
+the last decision point (the straggler view), at no extra communication.
 
 `encode`/`decode` are pure (numpy): a decision on W workers is `decode(sum of their encodings)`.
 """
@@ -30,6 +31,7 @@ class Votes:
     savers: set[int] = dataclasses.field(default_factory=set)
     lr_base: float | None = None
     lr_scale: float | None = None
+    seconds: float = 0.0  # this worker's busy time since the last decision point (its arrival here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Decision:
     savers: tuple[int, ...] = ()
     lr_base: float | None = None
     lr_scale: float | None = None
+    seconds: tuple[float, ...] = ()  # every worker's busy time since the last decision point, by worker index
 
     @property
     def stop(self) -> bool:
@@ -55,11 +58,11 @@ class Decision:
 
 
 class Layout:
-    """Where each vote sits in the vector: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs."""
+    """Where each vote sits: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs, W times."""
 
     def __init__(self, num_workers: int, num_savers: int):
         self.num_workers, self.num_savers = num_workers, num_savers
-        self.size = 2 * num_workers + num_savers + 4
+        self.size = 3 * num_workers + num_savers + 4
 
     def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
         w = self.num_workers
@@ -71,7 +74,11 @@ class Layout:
             for slot, value in zip(self._lr_slots(), (votes.lr_base, votes.lr_scale)):
                 if value is not None:
                     vector[slot:slot + 2] = (1.0, value)
+        vector[self._times_start() + worker_index] = votes.seconds
         return vector
+
+    def _times_start(self) -> int:
+        return 2 * self.num_workers + self.num_savers + 4
 
     def _lr_slots(self) -> tuple[int, int]:
         start = 2 * self.num_workers + self.num_savers
@@ -85,7 +92,8 @@ class Layout:
         return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)), stop_reason=stop_reason,
                         signal=int(round(signals[signalled[0]])) if signalled else 0, signalled=signalled,
                         savers=tuple(int(i) for i in np.flatnonzero(total[2 * w:2 * w + s] > 0.5)),
-                        lr_base=lr[0], lr_scale=lr[1])
+                        lr_base=lr[0], lr_scale=lr[1],
+                        seconds=tuple(float(t) for t in total[self._times_start():self._times_start() + w]))
 
 
 def encode_reason(reason: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 import harness
-from callbacks import Callback, EarlyStopping, TerminateOnNaN
+from callbacks import Callback, EarlyStopping, ProgressBar, RunSummary, TensorBoard, TerminateOnNaN
 from tests import custom_steps
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -41,6 +41,17 @@ class FailOnOneWorker(Callback):
     def on_train_batch_end(self, step, logs=None):
         if self.context.worker_index == self.worker and step >= self.step:
             raise ValueError(f"user callback failed at step {step}")
+
+
+class SleepOnWorker(Callback):
+    """Makes one worker slow outside the step (a heavy callback): the straggler view must name it."""
+
+    def __init__(self, worker, seconds):
+        self.worker, self.seconds = worker, seconds
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.context.worker_index == self.worker:
+            time.sleep(self.seconds)
 
 
 def trainer(strategy, source, model_dir, linear=False, trainer_cls=harness.Trainer, learning_rate=0.1):
@@ -95,6 +106,12 @@ def main(out_dir, data_dir):
         if info.is_chief:
             np.savez(f"{out_dir}/{name}.npz", *t.model.get_weights())
         report(name, t)
+
+    t = trainer(strategy, source, f"{out_dir}/straggler")
+    t.fit(train, epochs=2, steps_per_epoch=4, callbacks=[
+        SleepOnWorker(worker=1, seconds=0.3), RunSummary("multi_worker_mirrored"), TensorBoard(update_freq=2),
+        ProgressBar(stream=sys.stdout, log_every_s=0.0)])
+    report("straggler", t)
 
     # Last (it aborts the job's collectives): worker 1 fails in a callback, and its script goes on living.
     t = trainer(strategy, source, None)

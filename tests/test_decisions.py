@@ -78,5 +78,10 @@ def test_reasons_travel_through_a_float_sum(reason):
         assert decoded.endswith("...") and len(decoded.encode()) <= REASON_BYTES and reason.startswith(decoded[:-3])
 
 
+def test_every_worker_learns_every_workers_busy_time():
+    decision = agree([Votes(seconds=0.5), Votes(seconds=2.0), Votes(seconds=0.25)])
+    assert decision.seconds == (0.5, 2.0, 0.25)
+
+
 def test_the_vote_vector_is_small():
-    assert Layout(num_workers=2, num_savers=8).size == 2 * 2 + 8 + 4
+    assert Layout(num_workers=2, num_savers=8).size == 3 * 2 + 8 + 4

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from harness.launch import LocalCluster, launch, local_cluster, tf_config
 from harness.run import RunConfig, run
@@ -126,6 +128,15 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, 
         reference, _ = one_step(trainer_cls, "default", None, digits)
         for i, expected in enumerate(reference):
             np.testing.assert_allclose(cluster[f"arr_{i}"], expected, rtol=0, atol=1e-6)
+    # The straggler view names the worker that is slow outside the step, in summary.json, TensorBoard and
+    # the progress line; the others' busy time is the step alone (2 loops of 2 steps per epoch, 0.3 s asleep each;
+    # the first epoch's also holds the tracing of the step).
+    workers = json.loads((tmp_path / "straggler/summary.json").read_text())["workers"]
+    assert [w["slowest"] for w in workers] == [1, 1] and workers[1]["max"] - workers[1]["min"] > 0.5, workers
+    events = EventAccumulator(str(tmp_path / "straggler/tensorboard/train"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("workers/epoch_slowest")] == [1.0, 1.0]
+    assert "slowest worker 1:" in "\n".join(lines_of(out.getvalue(), "worker:0"))
     # A worker whose callback fails while its script lives on: the other stops at once, with the real cause.
     assert results[("failure", 1)]["type"] == "ValueError"
     assert results[("failure", 0)]["type"] == "SetupError"
