@@ -43,7 +43,7 @@ class DecisionMaker:
         return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def agree(self, votes: Votes) -> Decision:
-        me = self._cluster.worker_index
+        me = self._cluster.worker_index if self._cluster.num_workers > 1 else 0  # alone, a worker has slot 0
         total = self._sum(self._layout.encode(votes, me, self._cluster.is_chief))
         decision = self._layout.decode(total)
         if not decision.stop_voters:
