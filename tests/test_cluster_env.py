@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -474,6 +475,26 @@ def cluster_flags(flags):
     return {name: types[name](value) for name, value in flags.items() if name in types}
 
 
+def describe_cluster(environ, flags):
+    """What `scripts/train.py --describe_cluster` prints for this environment and these flags (no TensorFlow)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLUSTER_SPEC") and not k.startswith(
+        ("SLURM_", "TPU_WORKER", "AIP_")) and k != "JOB_COMPLETION_INDEX"}
+    argv = [f"--{name}={value}" if value else f"--{name}" for name, value in flags.items()]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *argv, "--describe_cluster"],
+                            env={**env, **environ}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_describe_cluster(environ, flags, resolved):
+    """The command line says what the resolver says, with the run's strategy and output directories."""
+    printed = describe_cluster(environ, flags)
+    assert {k: printed[k] for k in resolved.describe()} == resolved.describe()
+    assert printed["strategy"] == flags.get("strategy", "mirrored")
+    assert {"model_dir", "checkpoint_dir", "tensorboard_dir"} <= set(printed)
+    return printed
+
+
 def check_indexed_job(path):
     service, job = read_yaml(path)
     assert (service["kind"], job["kind"], job["spec"]["completionMode"]) == ("Service", "Job", "Indexed")
@@ -493,6 +514,8 @@ def check_indexed_job(path):
     for i in range(workers):
         resolved = resolve_cluster({"JOB_COMPLETION_INDEX": str(i)}, **cluster_flags(flags))
         assert resolved.describe() == role("kubernetes", "worker", i, i, pods, chief=i == 0)
+    check_describe_cluster({"JOB_COMPLETION_INDEX": "1"}, flags, resolved if workers == 2 else resolve_cluster(
+        {"JOB_COMPLETION_INDEX": "1"}, **cluster_flags(flags)))
 
 
 def check_vertex_job(path):
@@ -519,6 +542,9 @@ def check_vertex_job(path):
             both = resolve_cluster({**environ, "TF_CONFIG": tf_config})  # Vertex AI sets both for TensorFlow
             assert both.describe() == {**expected, "source": "TF_CONFIG", "ignored_sources": ["vertex"]}
             assert default_output_dirs(environ)["model_dir"] == f"{base}/model/"
+            printed = check_describe_cluster(environ, flags, resolve_cluster(environ))
+            assert printed["model_dir"] == flags.get("model_dir", f"{base}/model/")  # a flag wins over AIP_MODEL_DIR
+            assert printed["tensorboard_dir"] == flags.get("tensorboard_dir", f"{base}/logs/")
 
 
 def check_sbatch(path):
@@ -543,6 +569,7 @@ def check_sbatch(path):
                    "SLURMD_NODENAME": names[rank // per_node]}
         resolved = resolve_cluster(environ, **cluster_flags(flags))
         assert resolved.describe() == role("slurm", "worker", rank, rank, addresses, chief=rank == 0)
+    check_describe_cluster(environ, flags, resolved)
 
 
 def check_tpu_vm(path):
@@ -553,6 +580,7 @@ def check_tpu_vm(path):
     assert resolve_cluster({}, **cluster_flags(flags)).describe() == SINGLE  # a TPU VM sets no cluster variable
     gke = {"TPU_WORKER_ID": "0", "TPU_WORKER_HOSTNAMES": "localhost"}  # the same command on a GKE single-host TPU
     assert resolve_cluster(gke, **cluster_flags(flags)).describe() == {**SINGLE, "source": "tpu", "tpu": "local"}
+    check_describe_cluster(gke, flags, resolve_cluster(gke, **cluster_flags(flags)))
 
 
 def check_tfjob(path):
@@ -575,6 +603,7 @@ def check_tfjob(path):
             worker_index = addresses.index(tasks[i])
             assert resolve_cluster(environ).describe() == role("TF_CONFIG", rtype, i, worker_index, addresses,
                                                                chief=worker_index == 0)
+    check_describe_cluster(environ, flags, resolve_cluster(environ))
 
 
 EXAMPLE_CHECKS = {"indexed-job.yaml": check_indexed_job, "vertex-job.yaml": check_vertex_job,

@@ -204,3 +204,76 @@ def test_a_cluster_run_continues_in_one_process_as_the_same_run(tmp_path, data_d
     assert ours["global_step"] == reference["global_step"] == 4 * 23
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert ours["history"][key] == pytest.approx(reference["history"][key], rel=1e-5), key
+
+
+def final_variables(model_dir):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{model_dir}/checkpoints"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "OBJECT_GRAPH" not in k and "save_counter" not in k and "progress" not in k and "train_metrics" not in k}
+
+
+def assert_bitwise_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+DETERMINISTIC = ["--deterministic", "--epochs=2", "--steps_per_epoch=10", "--steps_per_execution=2",
+                 "--tensorboard=false", "--progress=false", "--checkpoint_every_n_steps=4"]
+
+
+def test_a_vertex_cluster_spec_alone_trains_as_the_same_tf_config_job(tmp_path, data_dir):
+    """Two processes given only Vertex AI's CLUSTER_SPEC (a chief pool and a worker pool), no TF_CONFIG."""
+    flags = [*DETERMINISTIC, f"--data_dir={data_dir}"]
+    out = io.StringIO()
+    assert launch([*TRAIN, f"--model_dir={tmp_path / 'tf_config'}", *flags], num_workers=1, with_chief=True,
+                  out=out, env=ENV) == 0, out.getvalue()[-3000:]
+    from harness.launch import free_ports
+
+    pools = {f"workerpool{p}": [f"127.0.0.1:{port}"] for p, port in enumerate(free_ports(2))}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    processes = [subprocess.Popen([*TRAIN, f"--model_dir={tmp_path / 'vertex'}", *flags], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**env, **ENV, "CLUSTER_SPEC": json.dumps(
+                                      {"cluster": pools, "task": {"type": pool, "index": 0}, "job": "{}"})})
+                 for pool in pools]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        assert "Cluster from CLUSTER_SPEC" in output
+    assert_bitwise_equal(final_variables(tmp_path / "vertex"), final_variables(tmp_path / "tf_config"))
+
+
+def task_pid(model_dir, task_index, timeout_s=120):
+    """The pid of the train.py process of worker `task_index` writing `model_dir` (found through /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline").read()
+                environ = open(f"/proc/{pid}/environ").read()
+            except OSError:
+                continue
+            if f"--model_dir={model_dir}" in cmdline and f'"index": {task_index}}}' in environ:
+                return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker {task_index} for {model_dir}")
+
+
+def test_the_launcher_restarts_a_job_whose_worker_was_killed_and_it_ends_as_if_never_killed(tmp_path, data_dir):
+    flags = [*DETERMINISTIC, f"--data_dir={data_dir}"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    code, output = run_cluster([f"--model_dir={reference}", *flags])
+    assert code == 0, output[-3000:]
+    launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_workers=2",
+                                 "--max_restarts=1", "--grace_s=20", "--", f"--model_dir={run}", *flags],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})
+    victim = task_pid(run, 1)
+    while not os.path.exists(run / "checkpoints" / "checkpoint") and launcher.poll() is None:
+        time.sleep(0.1)
+    os.kill(victim, signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, output[-4000:]
+    assert "restarting every task (restart 1 of 1)" in output and "Resuming from" in output
+    assert_bitwise_equal(final_variables(run), final_variables(reference))

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow
 TRAIN = [sys.executable, os.path.join(ROOT, "scripts/train.py")]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SEED = int(os.environ.get("RESUME_TEST_SEED", random.randrange(1_000_000)))
-FLAGS = ["--deterministic", "--epochs=4", "--steps_per_epoch=10", "--checkpoint_every_n_steps=3", "--max_to_keep=50",
-         "--update_freq=2"]
+# K=2 with a checkpoint every 5 steps: cadence saves mid-epoch (at 6) and on an epoch's last loop (at 10, where
+# the epoch end's state is saved); min_delta 0.5 makes the plateau reduce the rate and early stopping count,
+# and stop at the last epoch: their state must resume exactly too.
+FLAGS = ["--deterministic", "--epochs=4", "--steps_per_epoch=10", "--steps_per_execution=2",
+         "--checkpoint_every_n_steps=5", "--max_to_keep=50", "--update_freq=2", "--min_delta=0.5",
+         "--reduce_lr_on_plateau_patience=1", "--early_stopping_patience=3"]
 STRATEGIES = {"default": ["--strategy=default"], "mirrored": ["--strategy=mirrored", "--num_cpu_devices=2"]}
 
 
@@ -44,8 +48,9 @@ def checkpoint_steps(model_dir):
 
 
 def interrupt_at_random_step(process, model_dir, sig, rng):
-    """Sends `sig` at a random moment after the first checkpoint, before the run ends."""
-    while not checkpoint_steps(model_dir) and process.poll() is None:
+    """Sends `sig` at a random moment after this process's first checkpoint, before the run ends."""
+    before = max(checkpoint_steps(model_dir), default=-1)
+    while max(checkpoint_steps(model_dir), default=-1) <= before and process.poll() is None:
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 0.6))
     process.send_signal(sig)
@@ -62,19 +67,27 @@ def training_state_keys(reader):
     return [k for k in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in k and "save_counter" not in k]
 
 
-def close(a, b):
-    """Equal structure; floats within 1e-6 relative.
+def mismatch(a, b, path="") -> str | None:
+    """Where two JSON values differ (None when equal); floats within 1e-6 relative.
 
     A resumed epoch's running metric sums are restored as one total spread over the replicas,
     so that epoch's mean can differ from the uninterrupted run's in the last bits of a float.
     """
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            return f"{path}: keys {sorted(a)} != {sorted(b) if isinstance(b, dict) else b!r}"
+        return next((m for k in a if (m := mismatch(a[k], b[k], f"{path}.{k}"))), None)
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        if not isinstance(b, list) or len(a) != len(b):
+            return f"{path}: {a!r} != {b!r}"
+        return next((m for i, (x, y) in enumerate(zip(a, b)) if (m := mismatch(x, y, f"{path}[{i}]"))), None)
     if isinstance(a, float):
-        return b == pytest.approx(a, rel=1e-6)
-    return a == b
+        return None if b == pytest.approx(a, rel=1e-6) else f"{path}: {a!r} != {b!r}"
+    return None if a == b else f"{path}: {a!r} != {b!r}"
+
+
+def close(a, b):
+    return mismatch(a, b) is None
 
 
 def read_csv(path):
@@ -88,7 +101,7 @@ def assert_same_run(resumed, reference):
     assert sorted(a) == sorted(b)
     for key in a:
         if isinstance(a[key], bytes):  # the progress JSON: position, callback state, history
-            assert close(json.loads(a[key]), json.loads(b[key])), key
+            assert close(json.loads(a[key]), json.loads(b[key])), mismatch(json.loads(a[key]), json.loads(b[key]))
         elif "train_metrics" not in key:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     header, *rows = read_csv(f"{resumed}/metrics.csv")
@@ -126,16 +139,19 @@ def test_interrupted_run_resumes_exactly(tmp_path, data_dir, references, strateg
     print(f"RESUME_TEST_SEED={SEED}")
     args = [*STRATEGIES[strategy], *FLAGS, f"--data_dir={data_dir}"]
     model_dir = str(tmp_path / "run")
-    code = interrupt_at_random_step(start(args, model_dir), model_dir, sig, rng)
-    log = open(log_path(model_dir)).read()
-    if code == 0:
-        pytest.skip(f"the run finished before the signal (seed {SEED})")
-    if sig == signal.SIGTERM:
-        assert code == EXIT_PREEMPTED, log[-3000:]
-        saved = int(log.split("Preempted by SIGTERM: saved at step ")[1].split(" ")[0])
-        assert max(checkpoint_steps(model_dir)) == saved  # no lost step: saved where it stopped
-    else:
-        assert code == -signal.SIGKILL
+    for attempt in range(2):  # interrupted twice: the second time a resumed run is interrupted
+        code = interrupt_at_random_step(start(args, model_dir), model_dir, sig, rng)
+        log = open(log_path(model_dir)).read()
+        if code == 0:
+            if attempt == 0:
+                pytest.skip(f"the run finished before the signal (seed {SEED})")
+            break
+        if sig == signal.SIGTERM:
+            assert code == EXIT_PREEMPTED, log[-3000:]
+            saved = int(log.split("Preempted by SIGTERM: saved at step ")[-1].split(" ")[0])
+            assert max(checkpoint_steps(model_dir)) == saved  # no lost step: saved where it stopped
+        else:
+            assert code == -signal.SIGKILL
     assert start(args, model_dir).wait(timeout=600) == 0, open(log_path(model_dir)).read()[-3000:]
     assert "Resuming from" in open(log_path(model_dir)).read()
     assert_same_run(model_dir, references[strategy])

@@ -32,7 +32,7 @@ def test_cannot_grow_cpu_split_after_tensorflow_started():
 
 def test_multi_worker_without_tf_config_says_how(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(UsageError, match="needs TF_CONFIG.*launch_local.py"):
+    with pytest.raises(UsageError, match="needs a cluster: set TF_CONFIG.*launch_local.py"):
         build_strategy("multi_worker_mirrored")
 
 
