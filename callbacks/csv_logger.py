@@ -6,7 +6,9 @@ import csv
 import io
 
 import tensorflow as tf
+from absl import logging
 
+from callbacks import file_errors
 from callbacks.base import Callback
 
 
@@ -17,6 +19,12 @@ class CSVLogger(Callback):
     `tf.io.gfile` (so it works on gs://, which cannot append); the header is written once.
     On resume, rows of epochs that are being redone are dropped, so every epoch appears
     exactly once. `filename` defaults to `<model_dir>/metrics.csv`.
+
+    A file this logger cannot continue (not text, no `epoch` column, a column of this run's
+    logs missing from its header, a malformed row) is kept, renamed to `<filename>.damaged-<n>`,
+    and a fresh file started, with one warning: its rows are not lost, and this run's are not
+    written under a header they do not fit. Extra columns are fine (callbacks may add logs).
+    A directory where the file belongs fails before the first step (`FileFailure`, an OSError).
     """
 
     def __init__(self, filename: str | None = None, separator: str = ",", append: bool = False):
@@ -34,10 +42,34 @@ class CSVLogger(Callback):
         return f"{self.context.model_dir}/metrics.csv"
 
     def _read_existing(self, path: str) -> None:
-        with tf.io.gfile.GFile(path, "r") as f:
-            reader = csv.DictReader(io.StringIO(f.read()), delimiter=self.separator)
-            self._rows = list(reader)
-            self.keys = [k for k in (reader.fieldnames or []) if k != "epoch"] or None
+        with file_errors.failing_as_file_failure("read", path), tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+        problem, rows, fields = None, [], []
+        try:
+            reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=self.separator)
+            rows, fields = list(reader), list(reader.fieldnames or [])
+        except (UnicodeDecodeError, csv.Error):
+            problem = "it is not CSV text"
+        missing = [name for name in ("epoch", *self.context.logged_names) if name not in fields]
+        if not problem and missing:
+            problem = f"its header lacks {', '.join(missing)}"
+        if not problem and any(None in row or None in row.values() or not row["epoch"].isdigit() for row in rows):
+            problem = "a row does not fit its header"
+        if problem:
+            self._set_aside(path, problem)
+            return
+        self._rows = rows
+        self.keys = [k for k in fields if k != "epoch"] or None
+
+    def _set_aside(self, path: str, problem: str) -> None:
+        """Keeps a file this logger cannot continue under a new name, for the user to look at."""
+        n = 1
+        with file_errors.failing_as_file_failure("move away the damaged", path):
+            while tf.io.gfile.exists(f"{path}.damaged-{n}"):
+                n += 1
+            tf.io.gfile.rename(path, f"{path}.damaged-{n}")
+        logging.warning("%s cannot be continued (%s); kept as %s.damaged-%d, starting a fresh file.", path, problem,
+                        path, n)
 
     def on_train_begin(self, logs=None):
         if not self.context.is_chief:
@@ -45,7 +77,11 @@ class CSVLogger(Callback):
         path = self._path()
         resumed = self.context.global_step > 0
         self._rows, self.keys = [], None
-        if (self.append or resumed) and tf.io.gfile.exists(path):
+        with file_errors.failing_as_file_failure("write", path):
+            if tf.io.gfile.isdir(path):
+                raise file_errors.FileFailure(file_errors.message("write", path, "it is a directory"))
+            exists = tf.io.gfile.exists(path)
+        if (self.append or resumed) and exists:
             self._read_existing(path)
         if resumed:  # drop rows of epochs the resumed run will redo (written after the checkpoint)
             while self._rows and int(self._rows[-1]["epoch"]) >= self.context.epochs_completed:

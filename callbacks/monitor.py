@@ -27,6 +27,8 @@ class Monitor:
 
     def __init__(self, name: str, mode: str, min_delta: float, owner: str):
         validate_mode(mode, owner)
+        if not math.isfinite(min_delta):  # a NaN would make every comparison false: never an improvement
+            raise ValueError(f"{owner}: min_delta must be a finite number, got {min_delta}")
         self.name, self.owner, self.min_delta = name, owner, abs(min_delta)
         if mode == "auto":
             mode = "max" if any(k in name.removeprefix("val_") for k in _HIGHER_IS_BETTER) else "min"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from absl import logging
 
 from callbacks.base import Callback
@@ -21,8 +23,8 @@ class ReduceLROnPlateau(Callback):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
         for name, value in (("patience", patience), ("cooldown", cooldown), ("min_lr", min_lr)):
-            if value < 0:
-                raise ValueError(f"ReduceLROnPlateau: {name} must be >= 0, got {value}")
+            if not 0 <= value < math.inf:  # (NaN fails this too)
+                raise ValueError(f"ReduceLROnPlateau: {name} must be a finite number >= 0, got {value}")
         self.monitor = monitor
         self._monitor = Monitor(monitor, mode, min_delta, "ReduceLROnPlateau")
         self.factor, self.patience, self.verbose = factor, patience, verbose

@@ -6,7 +6,9 @@ import json
 import math
 from typing import Any
 
-from callbacks import stragglers
+import tensorflow as tf
+
+from callbacks import file_errors, stragglers
 from callbacks.base import Callback
 
 
@@ -22,6 +24,10 @@ class RunSummary(Callback):
     metric, the best value and its epoch; with several workers, the straggler view of every
     epoch (`workers`: min, mean and max busy seconds, and the slowest worker's index). Non-finite
     values are written as null.
+
+    The file is only written, never read (a resumed run's history comes from the checkpoint): a
+    damaged one is simply replaced at the next epoch end. A directory where it belongs fails at
+    train begin, before the first step.
     """
 
     def __init__(self, strategy_name: str, extra: dict[str, Any] | None = None):
@@ -46,6 +52,14 @@ class RunSummary(Callback):
             payload = self.payload(logs or {})
             self.context.write_text(f"{self.context.model_dir}/summary.json",
                                     json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+    def on_train_begin(self, logs=None):
+        """A directory where summary.json belongs fails now, before the first step, not after an epoch."""
+        if self.context.is_chief and self.context.model_dir:
+            path = f"{self.context.model_dir}/summary.json"
+            with file_errors.failing_as_file_failure("write", path):
+                if tf.io.gfile.isdir(path):
+                    raise file_errors.FileFailure(file_errors.message("write", path, "it is a directory"))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.context.epoch_worker_seconds:

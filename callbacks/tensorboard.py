@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -10,7 +11,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from callbacks import stragglers
+from callbacks import file_errors, stragglers
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 
@@ -31,6 +32,22 @@ def write_start_event(log_dir: str, step: int) -> None:
         writer.write(tf.compat.v1.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
         start = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
         writer.write(tf.compat.v1.Event(step=step, wall_time=now, session_log=start).SerializeToString())
+
+
+def _writes_events(hook):
+    """A hook that writes events: a failure (a full disk, a file in the way) is one `FileFailure` line,
+    `cannot write TensorBoard events to <dir>: <cause>; <fix>`, and the writers are dropped."""
+    @functools.wraps(hook)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except file_errors.FileFailure:
+            self._abandon()
+            raise
+        except (OSError, tf.errors.OpError) as e:
+            self._abandon()
+            raise file_errors.FileFailure(file_errors.message("write TensorBoard events to", self._root, e)) from None
+    return wrapped
 
 
 class TensorBoard(Callback):
@@ -77,6 +94,7 @@ class TensorBoard(Callback):
     def _writer(self, name: str) -> tf.summary.SummaryWriter:
         return self._writers[name]
 
+    @_writes_events
     def on_train_begin(self, logs=None):
         if not self.context.is_chief:
             return
@@ -86,8 +104,8 @@ class TensorBoard(Callback):
             write_start_event(f"{self._root}/{name}", step + 1 if step else 0)
         if self.context.resumed:  # files are read in name order, by creation second: the mark must come first
             time.sleep(1.0 - time.time() % 1.0 + 0.01)
-        self._writers = {name: tf.summary.create_file_writer(f"{self._root}/{name}")
-                         for name in ("train", "validation")}
+        for name in ("train", "validation"):  # one at a time: after a failure, the created one is closed
+            self._writers[name] = tf.summary.create_file_writer(f"{self._root}/{name}")
         if self.write_graph:
             tf.summary.trace_on(graph=True, profiler=False)
             self._tracing = True
@@ -102,6 +120,7 @@ class TensorBoard(Callback):
     def _previous_step(self) -> int:
         return self.context.global_step
 
+    @_writes_events
     def on_train_batch_begin(self, step, logs=None):
         start, stop = self._profile_range
         if self.context.is_chief and stop and not self._profiling and start <= step + self.context.steps_per_execution \
@@ -109,6 +128,7 @@ class TensorBoard(Callback):
             tf.profiler.experimental.start(f"{self._root}/train")
             self._profiling = True
 
+    @_writes_events
     def on_train_batch_end(self, step, logs=None):
         if not self.context.is_chief:
             return
@@ -130,6 +150,7 @@ class TensorBoard(Callback):
                 self._write_workers("loop", self.context.worker_seconds)
             self._interval_start = (now, step)
 
+    @_writes_events
     def on_epoch_end(self, epoch, logs=None):
         if not self.context.is_chief:
             return
@@ -166,6 +187,24 @@ class TensorBoard(Callback):
             tf.summary.scalar(f"workers/{span}_seconds_{name}", summary[name])
         tf.summary.scalar(f"workers/{span}_slowest", summary["slowest"])
 
+    def _abandon(self) -> None:
+        """After a failed write: stops tracing and profiling and drops the writers (a close would flush, and fail,
+        again); nothing is retried."""
+        for stop, active in ((tf.summary.trace_off, self._tracing), (tf.profiler.experimental.stop, self._profiling)):
+            if active:
+                try:
+                    stop()
+                except Exception:  # already failing; the first error is the one to report
+                    pass
+        self._tracing = self._profiling = False
+        for writer in self._writers.values():
+            try:
+                writer.close()
+            except (OSError, tf.errors.OpError):
+                pass
+        self._writers = {}
+
+    @_writes_events
     def on_train_end(self, logs=None):
         if self._profiling:
             tf.profiler.experimental.stop()

@@ -7,9 +7,10 @@ the `checkpoint` state file. Nothing that happened to the directory can make a r
 
 - A complete checkpoint that the state file does not list yet (the process died between
   the two writes) is adopted; incomplete leftovers of a killed save are removed.
-- A damaged state file is rebuilt from the complete checkpoints on disk.
+- A damaged state file is rebuilt from the complete checkpoints on disk, with one warning.
 - An unreadable newest checkpoint is reported and the previous one used.
-- A save that fails (a full disk) removes its partial files; the previous checkpoint stays.
+- A save that fails (a full disk), synchronous or asynchronous, is one `StorageError` line and
+  removes its partial files; the previous checkpoint stays listed and restorable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from callbacks import file_errors
 from harness import storage, tf_compat
 from harness.errors import SetupError, StorageError
 from harness.model_saving import discarded_directory
@@ -29,10 +31,18 @@ from harness.model_saving import discarded_directory
 PREFIX = "ckpt"
 PROGRESS_KEY = "progress/.ATTRIBUTES/VARIABLE_VALUE"
 _NUMBERED = re.compile(rf"{PREFIX}-(\d+)(?:\.|_temp|$)")
+# The state file: lines `name: "value"` or `name: number` of the four fields TensorFlow writes.
+_STATE_LINE = re.compile(r'(?:\s*(?:(?:all_)?model_checkpoint_paths?: *"[^"\n]*"|(?:all_model_checkpoint_timestamps'
+                         r'|last_preserved_timestamp): *[-+0-9.eE]+)\s*)*\s*')
 
 
 def step_of(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
+
+
+def _relative(path: str) -> str:
+    """A checkpoint's name as the state file lists it (relative to the directory, as TensorFlow writes it)."""
+    return path.rsplit("/", 1)[-1]
 
 
 def read_progress(path: str) -> dict[str, Any]:
@@ -49,30 +59,50 @@ class Checkpointer:
         self.max_to_keep, self.enable_async = max_to_keep, enable_async
         self._options = tf.train.CheckpointOptions(enable_async=enable_async)
         self._manager: tf.train.CheckpointManager | None = None
+        self._damaged = False  # the state file was found damaged (reported once; rebuilt on adoption)
 
     # ----- listing ----------------------------------------------------------------------------
 
     def _listed(self) -> list[str]:
-        """The state file's checkpoints, oldest first; a damaged state file is rebuilt (chief) or ignored."""
+        """The state file's checkpoints, oldest first; a damaged state file is rebuilt (chief) or ignored.
+
+        The file is checked before TensorFlow parses it: TensorFlow logs two lines of its own
+        about a damaged one and ignores it; here it is one warning line, once.
+        """
         state_file = f"{self.directory}/checkpoint"
         try:
+            text = storage.read_text(state_file)  # an unreachable or misplaced path fails here, in one line
+            if text is None:
+                return []
+            if not _STATE_LINE.fullmatch(text) or "model_checkpoint_path" not in text:
+                raise ValueError("not a checkpoint list")
             state = tf.train.get_checkpoint_state(self.directory)
+        except StorageError as e:
+            if "not text" not in str(e):
+                raise
+            self._report_damaged(state_file, "not text")
+            return []
         except Exception as e:  # a damaged text proto raises parser errors of several types
-            logging.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
-                            state_file, storage.cause(e))
-            if self.is_chief:
-                storage.remove_quietly(state_file)
+            self._report_damaged(state_file, storage.cause(e))
             return []
         if state is None:
             return []
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
         return [p if "/" in p else f"{self.directory}/{p}" for p in paths]
 
+    def _report_damaged(self, state_file: str, reason: str) -> None:
+        if not self._damaged:
+            logging.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
+                            state_file, reason)
+        self._damaged = True
+        if self.is_chief:
+            storage.remove_quietly(state_file)
+
     def _numbers_on_disk(self) -> dict[int, list[str]]:
         with storage.failing_as_storage_error("list", self.directory):
             if tf.io.gfile.exists(self.directory) and not tf.io.gfile.isdir(self.directory):
-                raise StorageError(f"cannot use {self.directory}: it is a file, not a directory of checkpoints; "
-                                   "move it away")
+                raise storage.failure("use", self.directory, "it is a file, not a directory of checkpoints",
+                                      fix=file_errors.IN_THE_WAY)
             names = tf.io.gfile.glob(f"{self.directory}/{PREFIX}-*")
         found: dict[int, list[str]] = {}
         for name in names:
@@ -110,8 +140,8 @@ class Checkpointer:
         return sorted(set(listed) | set(unlisted), key=step_of, reverse=True)
 
     def _remove_leftovers(self, prefix: str, files: list[str]) -> None:
-        if not files:
-            return
+        if not files or not self.is_chief:
+            return  # the chief removes (and reports) them; elsewhere they may be a save in progress
         logging.warning("Found leftovers of an interrupted save of %s; removing them.", prefix)
         if self.is_chief:
             for name in files:
@@ -153,17 +183,23 @@ class Checkpointer:
         """Lists a restored checkpoint that the state file did not list yet, with the complete ones before it.
 
         The chief rewrites the state file, with timestamps, so that `max_to_keep` retention goes on
-        counting the adopted checkpoints.
+        counting the adopted checkpoints. It writes the file itself (the same text format that
+        `tf.train.CheckpointManager` reads), atomically; TensorFlow's own writer for it is deprecated
+        and says so in three lines.
         """
         if not self.is_chief or path in self._listed():
             return
-        logging.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
+        if not self._damaged:  # (a damaged state file was reported already, with its rebuilding)
+            logging.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
         paths = sorted((p for p in complete if step_of(p) <= step_of(path)), key=step_of)
-        times = [tf.io.gfile.stat(f"{p}.index").mtime_nsec / 1e9 for p in paths]
         with storage.failing_as_storage_error("update the checkpoint list in", self.directory):
-            tf.compat.v1.train.update_checkpoint_state(self.directory, path, paths,
-                                                       all_model_checkpoint_timestamps=times,
-                                                       last_preserved_timestamp=min(times) - 1)
+            times = [tf.io.gfile.stat(f"{p}.index").mtime_nsec / 1e9 for p in paths]
+        lines = [f'model_checkpoint_path: "{_relative(path)}"',
+                 *(f'all_model_checkpoint_paths: "{_relative(p)}"' for p in paths),
+                 *(f"all_model_checkpoint_timestamps: {t!r}" for t in times),
+                 f"last_preserved_timestamp: {min(times) - 1!r}"]
+        storage.write_text(f"{self.directory}/checkpoint", "\n".join(lines) + "\n",
+                           note="the checkpoints themselves are intact")
         self._manager = None
 
     # ----- saving -----------------------------------------------------------------------------
@@ -186,13 +222,22 @@ class Checkpointer:
         manager = self._chief_manager()
         prefix = f"{self.directory}/{PREFIX}-{step}"
         try:
-            with storage.failing_as_storage_error("write the checkpoint", prefix, "free some space or fix the "
-                                                  "permissions; earlier checkpoints are intact"):
+            with storage.failing_as_storage_error("write the checkpoint", prefix, "earlier checkpoints are intact"):
                 return self._write(lambda: manager.save(checkpoint_number=step, options=self._options))
         except StorageError:
-            for name in tf.io.gfile.glob(f"{prefix}.*") + tf.io.gfile.glob(f"{prefix}_temp*"):
-                storage.remove_quietly(name)
+            self._discard_incomplete(failed=step)
             raise
+
+    def _discard_incomplete(self, failed: int | None = None) -> None:
+        """After a failed save (chief): deletes the files of the failed one and of every incomplete checkpoint."""
+        try:
+            for number, files in self._numbers_on_disk().items():
+                prefix = f"{self.directory}/{PREFIX}-{number}"
+                temp = [f for f in files if f.endswith("_temp")]
+                for name in files if number == failed or not self._complete(prefix, files) else temp:
+                    storage.remove_quietly(name)
+        except StorageError:
+            pass  # the storage that failed the save may fail the cleanup too; a resume removes the rest
 
     def _write(self, write):
         if not self.enable_async:
@@ -202,6 +247,12 @@ class Checkpointer:
 
     def sync(self) -> None:
         """Waits for an asynchronous save to finish (its failure surfaces here, as a `StorageError`)."""
-        with storage.failing_as_storage_error("finish writing a checkpoint in", self.directory,
-                                              "free some space or fix the permissions"):
-            self.checkpoint.sync()
+        try:
+            with storage.failing_as_storage_error("finish writing a checkpoint in", self.directory,
+                                                  "earlier checkpoints are intact"):
+                self.checkpoint.sync()
+                tf_compat.raise_async_checkpoint_error(self.checkpoint)
+        except StorageError:
+            if self.is_chief:
+                self._discard_incomplete()
+            raise

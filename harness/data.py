@@ -10,16 +10,19 @@ what makes a resumed run see exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable
+import logging as pylogging
+from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from harness import digits, tf_compat  # digits registers the offline `digits` TFDS builder
+from harness import digits, storage, tf_compat  # digits registers the offline `digits` TFDS builder
 from harness.errors import SetupError, UsageError
 from harness.run_config import DEFAULT_DATASET
 
@@ -112,8 +115,8 @@ class TrainInput:
     def __init__(self, examples: ExamplesFn, num_examples: int, global_batch_size: int, *,
                  seed: int = 0, shuffle_window: int = 10_000):
         if num_examples < global_batch_size:
-            raise UsageError(f"the training split has {num_examples} examples, fewer than "
-                             f"--global_batch_size={global_batch_size}; use a smaller batch")
+            raise UsageError(f"is {global_batch_size}, more than the {num_examples} examples of the training split; "
+                             "use a smaller batch", argument="global_batch_size")
         self.examples, self.num_examples = examples, num_examples
         self.global_batch_size, self.seed, self.shuffle_window = global_batch_size, seed, shuffle_window
 
@@ -179,25 +182,76 @@ def _wait_for_chief(key: str, timeout_s: float) -> None:
         raise SetupError(f"the chief failed to prepare the data set: {status}")
 
 
-def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _builder(name: str, data_dir: str | None) -> tuple[tfds.core.DatasetBuilder, bool]:
+    """The data set's builder and whether it is prepared; a data_dir that cannot be read is one line."""
     try:
-        return tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
+        return builder, builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError:
         raise UsageError(f"unknown data set {name!r}: use {DEFAULT_DATASET} (offline), {SYNTHETIC}, "
                          "or a TFDS catalog name (see tfds.list_builders())") from None
+    except (OSError, RuntimeError, tf.errors.OpError) as e:  # TFDS wraps unreachable storage in a RuntimeError
+        raise storage.failure(f"read the data set {name!r} in", data_dir or "TFDS's data directory", e) from None
 
 
 def _prepare(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
-    builder = _builder(name, data_dir)
-    if builder.is_prepared():
+    builder, prepared = _builder(name, data_dir)
+    if prepared:
         return builder
     if not (download or isinstance(builder, digits.Digits)):
         raise SetupError(f"data set {name!r} is not prepared in {builder.data_dir_root}; prepare it with "
                          f"`tfds build {name} --data_dir={builder.data_dir_root}` on a machine with network "
-                         f"access, or pass --download_data, or use --dataset={DEFAULT_DATASET}")
-    logging.info("Preparing TFDS data set %s into %s", name, builder.data_dir_root)
-    builder.download_and_prepare()
+                         f"access, or let TFDS download it (--download_data, download=True), or use the "
+                         f"{DEFAULT_DATASET} data set")
+    root = str(builder.data_dir_root)  # (an epath.Path)
+    logging.info("Preparing TFDS data set %s into %s", name, root)
+    try:
+        with tf_compat.few_download_retries(), _quiet_retries():  # without network: fail in seconds, not minutes
+            builder.download_and_prepare()
+    except Exception as e:  # a download or a build fails in the library's many ways: say which, in one line
+        _remove_partial_files(root, name)
+        raise _preparation_error(name, root, e) from None
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """urllib3 logs each retry of each file (8 lines for mnist without network); the outcome says what matters."""
+    logger = pylogging.getLogger("urllib3.connectionpool")
+    previous = logger.level
+    logger.setLevel(pylogging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _preparation_error(name: str, root: str, error: Exception) -> Exception:
+    """One line for a failed `download_and_prepare`: no network, a data_dir that cannot be written, or else."""
+    import requests  # TFDS's own HTTP client
+
+    if isinstance(error, (SetupError, UsageError)):
+        return error
+    if isinstance(error, requests.exceptions.RequestException):
+        host = urlparse(getattr(error.request, "url", "") or "").netloc or "its download server"
+        return SetupError(f"cannot download data set {name!r}: {host} is unreachable ({type(error).__name__}); run "
+                          f"where the network reaches it, or prepare the data set elsewhere (`tfds build {name}`) and "
+                          f"copy it into {root}")
+    if isinstance(error, (OSError, tf.errors.OpError)):
+        return storage.failure(f"prepare the data set {name!r} in", root, error)
+    return SetupError(f"cannot prepare data set {name!r} in {root}: {type(error).__name__}: {storage.cause(error)}")
+
+
+def _remove_partial_files(root: str, name: str) -> None:
+    """Deletes what a failed download or build left: TFDS's `*.tmp.*` downloads and `incomplete.*` directories."""
+    for pattern in (f"{root}/downloads/*.tmp.*", f"{root}/downloads/*/*.tmp.*", f"{root}/downloads/*/*/*.tmp.*",
+                    f"{root}/{name}/incomplete.*", f"{root}/{name}/*/incomplete.*"):
+        try:
+            leftovers = tf.io.gfile.glob(pattern)
+        except tf.errors.OpError:
+            continue
+        for path in leftovers:
+            storage.remove_quietly(path)
 
 
 def prepare_tfds(name: str, data_dir: str | None = None, *, download: bool = False, is_chief: bool = True,

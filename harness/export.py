@@ -21,8 +21,7 @@ def export_model(model: keras.Model, export_dir: str, *, is_chief: bool) -> dict
     saved_model, temp = f"{export_dir}/saved_model", f"{export_dir}/saved_model.tmp"
     storage.remove_quietly(temp)
     try:
-        with storage.failing_as_storage_error("export a SavedModel to", saved_model, "free some space or fix the "
-                                              "permissions"):
+        with storage.failing_as_storage_error("export a SavedModel to", saved_model):
             model.export(temp, format="tf_saved_model", verbose=False)
             storage.remove_quietly(saved_model)
             tf.io.gfile.rename(temp, saved_model)

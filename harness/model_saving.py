@@ -43,8 +43,7 @@ def write_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, *, is_chief: 
     storage.makedirs(storage.parent(prefix))
     temp = f"{prefix}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with storage.failing_as_storage_error("write the checkpoint", prefix, "free some space or fix the "
-                                              "permissions; earlier saves are intact"):
+        with storage.failing_as_storage_error("write the checkpoint", prefix, "earlier saves are intact"):
             checkpoint.write(temp)
             data_files = tf.io.gfile.glob(f"{temp}.data-*")
             storage.remove_checkpoint_files(prefix)
@@ -66,7 +65,7 @@ def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | 
     storage.makedirs(storage.parent(path))
     temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex[:8]}.keras"
     try:
-        with storage.failing_as_storage_error("save the model to", path, "free some space or fix the permissions"):
+        with storage.failing_as_storage_error("save the model to", path):
             model.save(temp)
             tf.io.gfile.rename(temp, path, overwrite=True)
     finally:

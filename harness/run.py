@@ -31,6 +31,8 @@ from harness import storage
 from harness.cluster import ClusterInfo
 from harness.data import EvalInput, TrainInput, load_source, per_replica_batch_size
 from harness.errors import UsageError
+from harness.evaluator import DIRECTORY as EVALUATOR_DIRECTORY
+from harness.evaluator import evaluate_continuously
 from harness.export import export_model
 from harness.models import build_model, build_optimizer
 from harness.run_config import MIXED_PRECISION, RunConfig
@@ -74,7 +76,8 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
     return [*cbs, RunSummary(config.strategy)]
 
 
-OUTPUTS = ("checkpoints", "best", "early_stopping", "tensorboard", "metrics.csv", "summary.json", RUN_FILE)
+OUTPUTS = ("checkpoints", "best", "early_stopping", "tensorboard", "metrics.csv", "summary.json", RUN_FILE,
+           EVALUATOR_DIRECTORY)
 
 
 def clear_outputs(config: RunConfig) -> None:
@@ -109,6 +112,8 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     if job.source != "none":
         summary = job.summary()
         logging.warning("%s.", summary[0].upper() + summary[1:])
+    if job.is_evaluator:  # never joins the training cluster (tensorflow issue 46169); evaluates its checkpoints
+        return evaluate_continuously(config, job)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(config.strategy, num_cpu_devices=config.num_cpu_devices, tpu=config.tpu,

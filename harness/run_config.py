@@ -85,6 +85,11 @@ class RunConfig:
     checkpoint_every_n_seconds: float | None = _field(None, "Also checkpoint every T seconds (the chief's clock).")
     async_checkpoint: bool = _field(False, "Write checkpoints in the background.")
     export_dir: str = _field("", "At the end, export a SavedModel and a .keras file here.")
+    # The evaluator task (TF_CONFIG task type `evaluator`; see harness/evaluator.py).
+    eval_timeout_s: float = _field(600.0, "Evaluator task: stop (exit 0) after this many seconds without a new "
+                                   "checkpoint.", LOCAL)
+    evaluator_export_best: bool = _field(False, "Evaluator task: export the best checkpoint by --monitor/--mode to "
+                                         "<model_dir>/evaluator/best.", LOCAL)
     # Callbacks.
     progress: bool = _field(True, "Progress bar (live on a terminal, periodic lines otherwise).")
     tensorboard: bool = _field(True, "TensorBoard event files under <model_dir>/tensorboard.")
@@ -127,7 +132,7 @@ class RunConfig:
         _at_least(self, 0, "task_index", "steps_per_epoch", "update_freq", "histogram_freq", "warmup_steps",
                   "decay_steps", "early_stopping_patience", "reduce_lr_on_plateau_patience", "min_delta", "min_lr")
         _positive(self, "learning_rate", "lr_decay_rate", "checkpoint_every_n_seconds", "collective_timeout_s",
-                  "cluster_join_timeout_s", "heartbeat_timeout_s")
+                  "cluster_join_timeout_s", "heartbeat_timeout_s", "eval_timeout_s")
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"must be in 0..{MAX_SEED}, got {self.seed}", argument="seed")
         if not 0 < self.reduce_lr_factor < 1:

@@ -43,19 +43,52 @@ class RunState:
 
 
 def read_run_file(model_dir: str) -> dict[str, Any] | None:
-    """`model_dir/run.json`, or None when absent; a damaged one is reported and ignored (it is rewritten)."""
+    """`model_dir/run.json`, or None when absent.
+
+    A damaged one (not text, not JSON, not the shape this module writes) is reported in one
+    warning line and ignored: the checkpoints hold the run's state, and the file is rewritten
+    when training starts. Only a stop that no checkpoint could hold is lost with it (the rerun
+    then trains on from the newest checkpoint). A path that cannot be read at all (a directory,
+    unreachable storage) is a `StorageError`: the run could not write its records there either.
+    """
     path = f"{model_dir}/{RUN_FILE}"
     try:
         text = storage.read_text(path)
-        record = json.loads(text) if text is not None else None
-    except (storage.StorageError, ValueError) as e:
-        logging.warning("%s is damaged (%s); ignoring it (the checkpoints hold the run's state).", path,
-                        str(e)[:120])
+    except storage.StorageError as e:
+        if "not text" not in str(e):
+            raise
+        return _damaged(path, "not text")
+    if text is None:
         return None
-    if record is not None and not isinstance(record, dict):
-        logging.warning("%s is damaged (not a JSON object); ignoring it.", path)
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        return _damaged(path, f"not JSON: {e}")
+    problem = _shape_problem(record)
+    return _damaged(path, problem) if problem else record
+
+
+def _shape_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("settings", {}), dict):
+        return "'settings' is not an object"
+    finished = record.get("finished")
+    if finished is None:
         return None
-    return record
+    if not isinstance(finished, dict):
+        return "'finished' is not an object"
+    for key, types in (("global_step", int), ("epochs_completed", int), ("stop_reason", (str, type(None)))):
+        value = finished.get(key)
+        if key in finished and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"'finished.{key}' has the wrong type"
+    return None
+
+
+def _damaged(path: str, reason: str) -> None:
+    logging.warning("%s is damaged (%s); ignoring it (the checkpoints hold the run's state; it is rewritten).",
+                    path, reason[:120])
+    return None
 
 
 def write_run_file(model_dir: str, settings: dict[str, Any], state: RunState | None) -> None:

@@ -3,47 +3,48 @@
 `tf.io.gfile` makes `gs://` work on Cloud TPU and `ram://` in tests. A reader never sees half
 a file: text is written to a temporary name and renamed into place. A write that fails (a full
 disk, a read-only or unreachable file system, a path that is a file) leaves no temporary file
-behind and raises `StorageError` naming the path and the cause.
+behind and raises `StorageError` naming the path, the cause and what to do about it:
+
+    cannot write the checkpoint runs/x/checkpoints/ckpt-40: No space left on device; free some space
+    (earlier checkpoints are intact)
+
+The fix follows from the cause (TensorFlow's and the OS's messages run long and name neither);
+a call site adds what the user may want to know besides (`note`), such as what is still intact.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 
+from callbacks import file_errors
 from harness.errors import StorageError
-
-# What a failed file operation says, reduced to its cause (TensorFlow's messages run long).
-_CAUSES = ("No space left on device", "Read-only file system", "Permission denied", "Not a directory",
-           "Is a directory", "File exists", "No such file or directory", "Disk quota exceeded",
-           "Operation not permitted", "Input/output error")
 
 
 def cause(error: BaseException) -> str:
     """A short cause for a failed file operation, e.g. 'No space left on device'."""
-    text = str(error)
-    for known in _CAUSES:
-        if known.lower() in text.lower():
-            return known
-    first = (text.strip().splitlines() or [type(error).__name__])[0]
-    return re.sub(r"\s+", " ", first)[:160]
+    return file_errors.cause(error)
+
+
+def failure(action: str, path: str, error: BaseException | str, note: str = "", fix: str = "") -> StorageError:
+    """`cannot <action> <path>: <cause>; <fix>[ (<note>)]` as a `StorageError` (the fix follows from the cause)."""
+    return StorageError(file_errors.message(action, path, error, note, fix))
 
 
 @contextlib.contextmanager
-def failing_as_storage_error(action: str, path: str, hint: str = "") -> Iterator[None]:
-    """Turns a file-system error inside the block into one `StorageError` line."""
+def failing_as_storage_error(action: str, path: str, note: str = "") -> Iterator[None]:
+    """Turns a file-system error inside the block into one `StorageError` line (see `failure`)."""
     try:
         yield
     except StorageError:
         raise
     except (OSError, tf.errors.OpError) as e:
-        raise StorageError(f"cannot {action} {path}: {cause(e)}{'; ' + hint if hint else ''}") from None
+        raise failure(action, path, e, note) from None
 
 
 def parent(path: str) -> str:
@@ -52,9 +53,9 @@ def parent(path: str) -> str:
 
 def makedirs(path: str) -> None:
     """Creates `path` and its parents; a file in the way is a clear error."""
-    with failing_as_storage_error("create the directory", path, "choose another path or free it"):
+    with failing_as_storage_error("create the directory", path):
         if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
-            raise StorageError(f"cannot use {path} as a directory: it is a file; move it away or choose another path")
+            raise failure("use", path, "it is a file, not a directory", fix=file_errors.IN_THE_WAY)
         tf.io.gfile.makedirs(path)
 
 
@@ -62,10 +63,11 @@ def check_writable_directory(path: str, what: str) -> None:
     """Fails now, not after training, when `path` cannot hold this run's files (creates it if needed)."""
     makedirs(path)
     probe = f"{path.rstrip('/')}/.harness-write-check-{uuid.uuid4().hex[:8]}"
-    with failing_as_storage_error(f"write {what} in", path, "check the path, its permissions and free space"):
-        with tf.io.gfile.GFile(probe, "w") as f:
+    try:
+        with failing_as_storage_error(f"write {what} in", path), tf.io.gfile.GFile(probe, "w") as f:
             f.write("ok")
-        tf.io.gfile.remove(probe)
+    finally:
+        remove_quietly(probe)
 
 
 def remove_quietly(path: str) -> None:
@@ -79,15 +81,14 @@ def remove_quietly(path: str) -> None:
         pass
 
 
-def write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str, note: str = "the previous version, if any, is intact") -> None:
     """Writes a file atomically (readers never see half a file), creating its folder."""
     makedirs(parent(path))
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with failing_as_storage_error("write", path, "free some space or fix the permissions; the previous "
-                                      "version, if any, is intact"):
+        with failing_as_storage_error("write", path, note):
             if tf.io.gfile.isdir(path):
-                raise StorageError(f"cannot write {path}: it is a directory; move it away")
+                raise failure("write", path, "it is a directory", note)
             with tf.io.gfile.GFile(temp, "w") as f:
                 f.write(text)
             tf.io.gfile.rename(temp, path, overwrite=True)
@@ -105,7 +106,7 @@ def read_text(path: str) -> str | None:
         if not tf.io.gfile.exists(path):
             return None
         if tf.io.gfile.isdir(path):
-            raise StorageError(f"cannot read {path}: it is a directory; move it away")
+            raise failure("read", path, "it is a directory")
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
     try:

@@ -6,11 +6,12 @@ stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -75,38 +76,54 @@ def check_timeouts(**timeouts: float | None) -> None:
             raise UsageError(f"must be a finite number of seconds > 0, got {value}", argument=name)
 
 
-def resolve_job(strategy: str, environ: Mapping[str, str] | None = None, **cluster_flags) -> ResolvedCluster:
+def resolve_job(strategy: str, environ: Mapping[str, str] | None = None, *, warn: bool = True,
+                **cluster_flags) -> ResolvedCluster:
     """The job this process is part of, as `strategy` uses it (pure: no TensorFlow).
 
     multi_worker_mirrored needs a cluster (TF_CONFIG, Vertex AI, SLURM, Kubernetes or flags).
-    A single-process strategy ignores a cluster environment, with one warning line, unless it
-    says this process is not the chief (a worker would then write every output as if it were).
+    A single-process strategy ignores a cluster environment, with one warning line (unless
+    `warn` is False: a caller that only checks, before resolving again), unless it says this
+    process is not the chief (a worker would then write every output as if it were).
     """
     environ = os.environ if environ is None else environ
+    if not warn:
+        with _warnings_off():
+            return resolve_job(strategy, environ, **cluster_flags)
     if strategy == MULTI_WORKER:
         cluster = resolve_cluster(environ, **cluster_flags)
         if cluster.source == "none":
             raise UsageError("needs a cluster: set TF_CONFIG on every host (or run under Vertex AI, SLURM or a "
-                             "Kubernetes Indexed Job with --worker_hosts), or use scripts/launch_local.py",
+                             "Kubernetes Indexed Job with worker_hosts), or use scripts/launch_local.py",
                              argument="strategy=multi_worker_mirrored")
         return cluster
-    if any(value is not None for value in cluster_flags.values()):
-        raise UsageError(f"--worker_hosts and the other cluster flags need --strategy={MULTI_WORKER}",
-                         argument="strategy")
+    given = [name for name, value in cluster_flags.items() if value is not None]
+    if given:
+        raise UsageError(f"places this task in a multi-worker job, which only strategy {MULTI_WORKER} trains; "
+                         "choose that strategy, or drop this setting", argument=given[0])
     try:
         cluster = resolve_cluster(environ)
     except UsageError as e:
         logging.warning("Ignoring the cluster environment: --strategy=%s trains in one process (%s).", strategy, e)
         return ResolvedCluster("none")
     if cluster.task_type is not None and not cluster.is_evaluator and not cluster.is_chief:
-        raise UsageError(f"{SOURCE_VARIABLES[cluster.source]} says this process is {cluster.task_type}:"
-                         f"{cluster.task_index} of a {cluster.num_workers}-task cluster, but --strategy={strategy} "
-                         f"trains in one process and would write as the chief; use --strategy={MULTI_WORKER}, or "
-                         f"unset {SOURCE_VARIABLES[cluster.source]}")
+        raise UsageError(f"is {strategy}, which trains in one process and would write as the chief, but "
+                         f"{SOURCE_VARIABLES[cluster.source]} says this process is {cluster.task_type}:"
+                         f"{cluster.task_index} of a {cluster.num_workers}-task cluster; use {MULTI_WORKER}, or "
+                         f"unset {SOURCE_VARIABLES[cluster.source]}", argument="strategy")
     if cluster.task_type is not None and not cluster.is_evaluator:
         logging.warning("Ignoring the %s cluster: --strategy=%s trains in one process.", cluster.source, strategy)
         return ResolvedCluster("none", ignored_sources=(cluster.source, *cluster.ignored_sources))
     return cluster
+
+
+@contextlib.contextmanager
+def _warnings_off() -> Iterator[None]:
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
 
 
 def _multi_worker(cluster: ResolvedCluster, num_cpu_devices: int | None, collective_timeout_s: float | None,

@@ -67,6 +67,45 @@ def async_checkpoint_copies() -> Iterator[None]:
             _KerasVariable._copy_trackable_to_cpu = original
 
 
+def raise_async_checkpoint_error(checkpoint: tf.train.Checkpoint) -> None:
+    """Raises the error of a failed background save, which `Checkpoint.sync()` swallows.
+
+    TensorFlow 2.21 keeps the background thread's error in `_async_error` and raises it only at
+    the next save, or at process exit as an "Exception ignored in atexit callback" traceback:
+    a run whose last asynchronous save failed (a full disk) would report a checkpoint that does
+    not exist and exit 0. Call after `sync()`; the error is taken, so it is raised once.
+    """
+    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
+    error = getattr(helper, "_async_error", None)
+    if error is not None:
+        helper._async_error = None
+        raise error
+
+
+# ----- TensorFlow Datasets downloads ------------------------------------------------------------
+
+_download_retries_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def few_download_retries(retries: int = 2) -> Iterator[None]:
+    """Lets a TFDS download without network fail in seconds instead of minutes.
+
+    TFDS 4.9 retries every file `downloader.MAX_RETRIES` (10) times with exponential backoff
+    (0.2 s doubling): a machine without network gives up only after about 3.5 minutes, and
+    then with a `requests` traceback. Two retries still ride out a flaky server. The module
+    constant is read at each request, so it is set only around a download.
+    """
+    from tensorflow_datasets.core.download import downloader
+
+    with _download_retries_lock:
+        previous, downloader.MAX_RETRIES = downloader.MAX_RETRIES, retries
+        try:
+            yield
+        finally:
+            downloader.MAX_RETRIES = previous
+
+
 # ----- Keras 3 optimizers under tf.distribute -------------------------------------------------
 
 

@@ -101,6 +101,7 @@ def main(argv) -> int:
         if config.describe_cluster:
             describe_cluster(config)
             return 0
+        resolve_job(config.strategy, warn=False, **config.cluster_flags())  # TF_CONFIG and cluster flags: no TF yet
         from harness import run as run_lib  # TensorFlow starts here, after the flags are known to be good
 
         summary = run_lib.run(config)

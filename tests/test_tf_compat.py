@@ -30,6 +30,16 @@ def test_keras_variables_break_the_second_async_save_unless_patched(canaries):
     assert outcome["without"] is not None and outcome["with_workaround"] is None
 
 
+def test_a_failed_async_save_is_silent_at_sync_unless_raised(canaries):
+    outcome = canaries["async_checkpoint_errors"]
+    assert outcome["without"] is None and outcome["with_workaround"] is not None
+
+
+def test_tfds_retries_each_download_ten_times_unless_told_fewer(canaries):
+    assert canaries["tfds_download_retries"] == {"name": "tfds_download_retries", "default": 10, "during": 3,
+                                                 "read_per_request": True}
+
+
 def test_keras_optimizers_sum_gradients_across_replicas_unless_told_they_are_reduced(canaries):
     outcome = canaries["gradients_already_reduced"]
     assert (outcome["without"], outcome["with_workaround"]) == (-2.0, -1.0)  # lr 1, gradient 1 on each of 2 replicas

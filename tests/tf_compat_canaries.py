@@ -70,6 +70,32 @@ def async_checkpoints():
         lambda: two_saves(True)))
 
 
+def async_checkpoint_errors():
+    def failed_save(checked):
+        directory = tempfile.mkdtemp()
+        open(f"{directory}/file", "w").close()  # a file where the checkpoint's directory belongs
+        checkpoint = tf.train.Checkpoint(step=tf.Variable(1))
+        checkpoint.write(f"{directory}/file/ckpt", options=tf.train.CheckpointOptions(enable_async=True))
+        checkpoint.sync()  # the background write failed, but TensorFlow raises nothing here
+        try:
+            if checked:
+                tf_compat.raise_async_checkpoint_error(checkpoint)
+        finally:
+            checkpoint._async_checkpointer_impl._async_error = None  # (no traceback at exit)
+
+    report("async_checkpoint_errors", without=fails(lambda: failed_save(False)),
+           with_workaround=fails(lambda: failed_save(True)))
+
+
+def download_retries():
+    from tensorflow_datasets.core.download import downloader
+
+    with tf_compat.few_download_retries(3):
+        during = downloader.MAX_RETRIES
+    report("tfds_download_retries", default=downloader.MAX_RETRIES, during=during,
+           read_per_request="MAX_RETRIES" in inspect.getsource(downloader._open_with_requests))
+
+
 def optimizer_reduction():
     strategy = tf_compat.MirroredStrategyWithOwnKeys(["/cpu:0", "/cpu:1"])
 
@@ -127,5 +153,6 @@ def private_signatures():
 
 
 if __name__ == "__main__":
-    for check in (autograph, async_checkpoints, optimizer_reduction, private_signatures, collective_keys):
+    for check in (autograph, async_checkpoints, async_checkpoint_errors, download_retries, optimizer_reduction,
+                  private_signatures, collective_keys):
         check()
