@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from absl import logging
-
 from callbacks.base import Callback, CallbackContext
+
+log = logging.getLogger(__name__)
 
 
 class CallbackList:
@@ -71,7 +72,7 @@ class CallbackList:
             if key in state:
                 cb.set_state(state[key])
             elif cb.get_state():
-                logging.warning("No saved state for callback %s: it starts fresh on resume.", key)
+                log.warning("No saved state for callback %s: it starts fresh on resume.", key)
 
     def get_config(self) -> dict[str, Any]:
         """The settings of the callbacks that shape the run (their `get_config()`), by key."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 
 import tensorflow as tf
-from absl import logging
 
 from callbacks import file_errors
 from callbacks.base import Callback
+
+log = logging.getLogger(__name__)
 
 
 class CSVLogger(Callback):
@@ -68,8 +70,8 @@ class CSVLogger(Callback):
             while tf.io.gfile.exists(f"{path}.damaged-{n}"):
                 n += 1
             tf.io.gfile.rename(path, f"{path}.damaged-{n}")
-        logging.warning("%s cannot be continued (%s); kept as %s.damaged-%d, starting a fresh file.", path, problem,
-                        path, n)
+        log.warning("%s cannot be continued (%s); kept as %s.damaged-%d, starting a fresh file.", path, problem,
+                    path, n)
 
     def on_train_begin(self, logs=None):
         if not self.context.is_chief:

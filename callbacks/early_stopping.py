@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
-
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 class EarlyStopping(Callback):
@@ -59,7 +60,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch = epoch
         self.context.request_stop(f"early stopping: {why}")
         if self.verbose:
-            logging.info("Epoch %d: early stopping (%s).", epoch + 1, why)
+            log.info("Epoch %d: early stopping (%s).", epoch + 1, why)
 
     def _remember_best_weights(self) -> None:
         if not self.restore_best_weights:
@@ -119,7 +120,7 @@ class EarlyStopping(Callback):
         elif self._best_weights_path():  # the best epoch came before a resume
             self.context.restore_weights(self._best_weights_path())
         if self.verbose:
-            logging.info("Restored the model weights from the end of the best epoch, %d.", self.best_epoch + 1)
+            log.info("Restored the model weights from the end of the best epoch, %d.", self.best_epoch + 1)
 
     def get_config(self):
         return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import keras
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.schedules import Schedule
+
+log = logging.getLogger(__name__)
 
 
 def _is_per_step(schedule: Callable) -> bool:
@@ -58,4 +60,4 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"LearningRateScheduler: schedule returned a negative learning rate {rate}")
         self.context.set_learning_rate(rate)
         if self.verbose:
-            logging.info("Epoch %d: LearningRateScheduler setting the learning rate to %.6g.", epoch + 1, rate)
+            log.info("Epoch %d: LearningRateScheduler setting the learning rate to %.6g.", epoch + 1, rate)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 from callbacks.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 class ModelCheckpoint(Callback):
@@ -80,10 +81,10 @@ class ModelCheckpoint(Callback):
             if current is None or not self._monitor.is_improvement(current, self.best):
                 return
             if self.verbose:
-                logging.info("ModelCheckpoint: %s improved from %s to %.6g.", self.monitor, self.best, current)
+                log.info("ModelCheckpoint: %s improved from %s to %.6g.", self.monitor, self.best, current)
             self.best, self.best_epoch = current, epoch
         if not math.isfinite(logs.get("loss", 0.0)):
-            logging.warning("ModelCheckpoint: not saving, the loss is %s.", logs["loss"])
+            log.warning("ModelCheckpoint: not saving, the loss is %s.", logs["loss"])
             return
         self._pending = self._format(epoch, logs)
         self.context.request_save(self)
@@ -104,7 +105,7 @@ class ModelCheckpoint(Callback):
         if not written:  # a non-chief worker, or weights that were not finite
             return
         if self.verbose:
-            logging.info("ModelCheckpoint: saved %s.", written)
+            log.info("ModelCheckpoint: saved %s.", written)
         if written in self.saved:
             self.saved.remove(written)
         self.saved.append(written)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
-from absl import logging
+log = logging.getLogger(__name__)
+
 
 MODES = ("auto", "min", "max")
 _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou")
@@ -47,8 +49,8 @@ class Monitor:
     def _warn_missing(self, available) -> None:
         if not self._warned:
             self._warned = True
-            logging.warning("%s is conditioned on %r, which is not in the logs (available: %s); it does nothing.",
-                            self.owner, self.name, ", ".join(available))
+            log.warning("%s is conditioned on %r, which is not in the logs (available: %s); it does nothing.",
+                        self.owner, self.name, ", ".join(available))
 
     def value(self, logs: dict[str, float] | None) -> float | None:
         """The monitored value in `logs`, or None (with a single warning) when absent."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
-
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 class ReduceLROnPlateau(Callback):
@@ -70,7 +71,7 @@ class ReduceLROnPlateau(Callback):
         if new is not None:
             self.context.scale_learning_rate(new / old)
             if self.verbose:
-                logging.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
+                log.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
 
     def get_config(self):
         return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import socket
 import time
 
 import tensorflow as tf
-from absl import logging
 
 from callbacks import file_errors, stragglers
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
+
+log = logging.getLogger(__name__)
 
 _marks = itertools.count()
 
@@ -216,4 +218,4 @@ class TensorBoard(Callback):
             writer.close()
         self._writers = {}
         if self.context.is_chief:
-            logging.info("TensorBoard logs: tensorboard --logdir %s", self._root)
+            log.info("TensorBoard logs: tensorboard --logdir %s", self._root)

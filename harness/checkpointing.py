@@ -16,17 +16,19 @@ the `checkpoint` state file. Nothing that happened to the directory can make a r
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
-from absl import logging
 
 from callbacks import file_errors
 from harness import storage, tf_compat
 from harness.errors import SetupError, StorageError
 from harness.model_saving import discarded_directory
+
+log = logging.getLogger(__name__)
 
 PREFIX = "ckpt"
 PROGRESS_KEY = "progress/.ATTRIBUTES/VARIABLE_VALUE"
@@ -92,8 +94,8 @@ class Checkpointer:
 
     def _report_damaged(self, state_file: str, reason: str) -> None:
         if not self._damaged:
-            logging.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
-                            state_file, reason)
+            log.warning("%s is damaged (%s); rebuilding the list from the complete checkpoints on disk.",
+                        state_file, reason)
         self._damaged = True
         if self.is_chief:
             storage.remove_quietly(state_file)
@@ -142,7 +144,7 @@ class Checkpointer:
     def _remove_leftovers(self, prefix: str, files: list[str]) -> None:
         if not files or not self.is_chief:
             return  # the chief removes (and reports) them; elsewhere they may be a save in progress
-        logging.warning("Found leftovers of an interrupted save of %s; removing them.", prefix)
+        log.warning("Found leftovers of an interrupted save of %s; removing them.", prefix)
         if self.is_chief:
             for name in files:
                 storage.remove_quietly(name)
@@ -160,7 +162,7 @@ class Checkpointer:
             try:
                 progress = read_progress(path)
             except Exception as e:  # a damaged file fails in many ways: DataLoss, IndexError, ...
-                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
+                log.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
                 continue
             check(path, progress)
             try:
@@ -170,7 +172,7 @@ class Checkpointer:
                                  f"({storage.cause(e)}); resume with the settings that wrote it, or use a new "
                                  "model_dir") from None
             except tf.errors.OpError as e:
-                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
+                log.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, storage.cause(e))
                 continue
             self._adopt(path, candidates)
             return path, progress
@@ -190,7 +192,7 @@ class Checkpointer:
         if not self.is_chief or path in self._listed():
             return
         if not self._damaged:  # (a damaged state file was reported already, with its rebuilding)
-            logging.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
+            log.warning("Adopted %s, a complete checkpoint that the state file did not list yet.", path)
         paths = sorted((p for p in complete if step_of(p) <= step_of(path)), key=step_of)
         with storage.failing_as_storage_error("update the checkpoint list in", self.directory):
             times = [tf.io.gfile.stat(f"{p}.index").mtime_nsec / 1e9 for p in paths]

@@ -15,12 +15,12 @@ acts there.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import tensorflow as tf
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
@@ -39,6 +39,8 @@ from harness.trainer_settings import settings_record
 
 if TYPE_CHECKING:
     from harness.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 EPOCH_BEGIN, LOOP, LAST_LOOP, EPOCH_END = "epoch begin", "loop", "last loop of the epoch", "epoch end"
 FAILURE_KEY = "harness/failure/{worker}"  # a failing task's error line, for peers that see only a broken connection
@@ -141,17 +143,18 @@ class Controller:
             self.callbacks.set_state(progress["callbacks"])
             trainer.last_checkpoint = (state.global_step, path)
             self._saved_step = self._cadence_from = state.global_step
-            logging.warning("Resuming from %s at step %d (epoch %d, step %d of the epoch).", path, state.global_step,
-                            state.epochs_completed + 1, state.step_in_epoch)
         self._adopt_finished_record()
         if not self.maker.all_equal(state.global_step * 2 + int(state.finished(self.plan.epochs))):
             raise SetupError(f"the workers resumed from different checkpoints (this one at step {state.global_step}); "
                              "every worker must see the same model_dir (shared storage such as gs://)")
         if state.finished(self.plan.epochs):
-            logging.warning("Nothing to do: the run in %s already finished (%d epochs, step %d, stop reason: %s); "
-                            "use a new model_dir or --fresh to train again.", self.plan.model_dir,
-                            state.epochs_completed, state.global_step, state.stop_reason or "none")
+            log.warning("Nothing to do: the run in %s already finished (%d epochs, step %d, stop reason: %s); "
+                        "use a new model_dir or --fresh to train again.", self.plan.model_dir,
+                        state.epochs_completed, state.global_step, state.stop_reason or "none")
             return None
+        if restored is not None:
+            log.warning("Resuming from %s at step %d (epoch %d, step %d of the epoch).", restored[0],
+                        state.global_step, state.epochs_completed + 1, state.step_in_epoch)
         if trainer.model_dir and self.cluster.is_chief:
             write_run_file(trainer.model_dir, self.settings, None)
         return context
@@ -159,8 +162,8 @@ class Controller:
     def _check_resume(self, path: str, progress: dict) -> None:
         changed = run_record.check_resume(progress.get("settings"), self.settings, self.plan.model_dir or "")
         if changed:
-            logging.warning("Resuming %s with changed settings that keep the mathematics: %s.", path,
-                            run_record.describe(changed))
+            log.warning("Resuming %s with changed settings that keep the mathematics: %s.", path,
+                        run_record.describe(changed))
 
     def _adopt_finished_record(self) -> None:
         """A stop that no checkpoint could hold (non-finite weights, before an epoch end) is in run.json."""
@@ -284,8 +287,8 @@ class Controller:
         if trainer.checkpointer is None or state.global_step == 0 or self._saved_step == state.global_step:
             return  # (the same decision on every worker: a save reads synchronised variables collectively)
         if not trainer.weights_are_finite():
-            logging.warning("Not saving a checkpoint at step %d: the model has non-finite weights.",
-                            state.global_step)
+            log.warning("Not saving a checkpoint at step %d: the model has non-finite weights.",
+                        state.global_step)
             return
         path = trainer.write_checkpoint(state.progress(self.callbacks.get_state(), self.settings))
         self._saved_step = self._cadence_from = state.global_step

@@ -13,18 +13,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import logging as pylogging
+import logging
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
 from harness import digits, storage, tf_compat  # digits registers the offline `digits` TFDS builder
 from harness.errors import SetupError, UsageError
 from harness.run_config import DEFAULT_DATASET
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 
@@ -204,7 +205,7 @@ def _prepare(name: str, data_dir: str | None, download: bool) -> tfds.core.Datas
                          f"access, or let TFDS download it (--download_data, download=True), or use the "
                          f"{DEFAULT_DATASET} data set")
     root = str(builder.data_dir_root)  # (an epath.Path)
-    logging.info("Preparing TFDS data set %s into %s", name, root)
+    log.info("Preparing TFDS data set %s into %s", name, root)
     try:
         with tf_compat.few_download_retries(), _quiet_retries():  # without network: fail in seconds, not minutes
             builder.download_and_prepare()
@@ -217,9 +218,9 @@ def _prepare(name: str, data_dir: str | None, download: bool) -> tfds.core.Datas
 @contextlib.contextmanager
 def _quiet_retries() -> Iterator[None]:
     """urllib3 logs each retry of each file (8 lines for mnist without network); the outcome says what matters."""
-    logger = pylogging.getLogger("urllib3.connectionpool")
+    logger = logging.getLogger("urllib3.connectionpool")
     previous = logger.level
-    logger.setLevel(pylogging.ERROR)
+    logger.setLevel(logging.ERROR)
     try:
         yield
     finally:

@@ -32,13 +32,13 @@ checkpoint, so reading run.json before listing sees every checkpoint of a finish
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from callbacks.monitor import Monitor
 from harness import storage
@@ -54,6 +54,8 @@ from harness.run_config import MIXED_PRECISION, RunConfig
 from harness.run_state import read_run_file
 from harness.strategy import MULTI_WORKER, build_strategy
 from harness.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 DIRECTORY = "evaluator"  # under model_dir and under tensorboard_dir
 EVALUATIONS = "evaluations.jsonl"
@@ -138,8 +140,8 @@ class Evaluator:
         self.records = read_evaluations(self.path)
         self._newest_seen = max((r["step"] for r in self.records), default=None)
         if self.records:
-            logging.warning("Evaluator: %d checkpoint(s) already evaluated in %s (up to step %d); skipping them.",
-                            len(self.records), self.path, max(r["step"] for r in self.records))
+            log.warning("Evaluator: %d checkpoint(s) already evaluated in %s (up to step %d); skipping them.",
+                        len(self.records), self.path, max(r["step"] for r in self.records))
         self._say(f"Evaluator: watching {self.checkpoint_dir} for checkpoints; evaluations go to {self.path}.")
 
     def run(self) -> dict[str, Any]:
@@ -159,8 +161,8 @@ class Evaluator:
                 return self._end(f"the run is finished (step {final_step}) and every checkpoint on disk is evaluated")
             waited = time.monotonic() - last_new
             if waited >= self.config.eval_timeout_s:
-                logging.warning("Evaluator: timed out waiting: no new checkpoint in %s for %.0fs (--eval_timeout_s); "
-                                "stopping.", self.checkpoint_dir, waited)
+                log.warning("Evaluator: timed out waiting: no new checkpoint in %s for %.0fs (--eval_timeout_s); "
+                            "stopping.", self.checkpoint_dir, waited)
                 return self._end(f"timed out waiting for a new checkpoint ({self.config.eval_timeout_s:g}s)")
             time.sleep(self.poll_s)  # a signal raises Interrupted here at once
 
@@ -191,9 +193,9 @@ class Evaluator:
             oldest, newest = step_of(listed[0]), step_of(listed[-1])
             if (self._newest_seen is not None and oldest > self._newest_seen + 1
                     and len(listed) >= self.config.max_to_keep):
-                logging.warning("Evaluator: fell behind training: any checkpoint after step %d and before step %d "
-                                "was deleted by retention (--max_to_keep=%d) before the evaluator could see it.",
-                                self._newest_seen, oldest, self.config.max_to_keep)
+                log.warning("Evaluator: fell behind training: any checkpoint after step %d and before step %d "
+                            "was deleted by retention (--max_to_keep=%d) before the evaluator could see it.",
+                            self._newest_seen, oldest, self.config.max_to_keep)
                 self.gaps.append((self._newest_seen, oldest))
             self._newest_seen = max(newest, self._newest_seen if self._newest_seen is not None else newest)
         done = {r["step"] for r in self.records} | set(self.skipped)
@@ -262,7 +264,7 @@ class Evaluator:
         return self._skip(path, f"unreadable ({storage.cause(failure)})")
 
     def _skip(self, path: str, why: str) -> None:
-        logging.warning("Evaluator: skipped %s (step %d): %s.", path, step_of(path), why)
+        log.warning("Evaluator: skipped %s (step %d): %s.", path, step_of(path), why)
         self.skipped[step_of(path)] = why
         return None
 
@@ -307,8 +309,8 @@ class Evaluator:
         self.exported = export_model(self.trainer.model, self.export_dir, is_chief=True)
         storage.write_json(f"{self.export_dir}/evaluation.json", {**record, "monitor": self.monitor.name,
                                                                    "mode": self.monitor.mode})
-        logging.info("Evaluator: exported step %d (%s=%.6g) to %s.", record["step"], self.monitor.name, value,
-                     self.export_dir)
+        log.info("Evaluator: exported step %d (%s=%.6g) to %s.", record["step"], self.monitor.name, value,
+                 self.export_dir)
         return True
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -354,7 +356,7 @@ class Evaluator:
                                    model_dir=config.model_dir, checkpoint_dir=self.checkpoint_dir, cluster=cluster)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        logging.info("Evaluator: strategy %s with %d replica(s).", name, strategy.num_replicas_in_sync)
+        log.info("Evaluator: strategy %s with %d replica(s).", name, strategy.num_replicas_in_sync)
         return self.trainer
 
 

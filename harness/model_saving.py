@@ -8,16 +8,18 @@ and non-chief workers write into a local temporary directory that they delete at
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from harness import storage
 from harness.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -83,7 +85,7 @@ class ModelSaver:
     def _can_save(self, path: str) -> bool:
         if self._finite():
             return True
-        logging.warning("Not saving %s: the model has non-finite weights.", path)
+        log.warning("Not saving %s: the model has non-finite weights.", path)
         return False
 
     def save_weights(self, path: str) -> str | None:

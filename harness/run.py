@@ -8,11 +8,11 @@ training: the flags, TF_CONFIG, and that the output directories can be written.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from callbacks import (
     CSVLogger,
@@ -39,6 +39,8 @@ from harness.run_config import MIXED_PRECISION, RunConfig
 from harness.run_state import RUN_FILE
 from harness.strategy import build_strategy, resolve_job
 from harness.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
@@ -111,7 +113,7 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
     job = resolve_job(config.strategy, **config.cluster_flags())
     if job.source != "none":
         summary = job.summary()
-        logging.warning("%s.", summary[0].upper() + summary[1:])
+        log.warning("%s.", summary[0].upper() + summary[1:])
     if job.is_evaluator:  # never joins the training cluster (tensorflow issue 46169); evaluates its checkpoints
         return evaluate_continuously(config, job)
     if config.deterministic:
@@ -122,8 +124,8 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
                               heartbeat_timeout_s=config.heartbeat_timeout_s, cluster=job)
     cluster = ClusterInfo.from_strategy(strategy)
     per_replica_batch_size(config.global_batch_size, cluster.num_replicas)
-    logging.info("Strategy %s: %d worker(s), %d replica(s); this is %s%s.", config.strategy, cluster.num_workers,
-                 cluster.num_replicas, cluster.task_name, " (chief)" if cluster.is_chief else "")
+    log.info("Strategy %s: %d worker(s), %d replica(s); this is %s%s.", config.strategy, cluster.num_workers,
+             cluster.num_replicas, cluster.task_name, " (chief)" if cluster.is_chief else "")
     if config.fresh and cluster.is_chief:
         clear_outputs(config)
     source = load_source(config.dataset, config.data_dir, download=config.download_data,
@@ -171,6 +173,6 @@ def _export(config: RunConfig, trainer: Trainer, model: keras.Model, cluster: Cl
     if not trainer.trained_in_last_fit and tf.io.gfile.exists(f"{config.export_dir}/model.keras"):
         return {}
     if not trainer.weights_are_finite():
-        logging.warning("Not exporting: the model has non-finite weights.")
+        log.warning("Not exporting: the model has non-finite weights.")
         return {}
     return export_model(model, config.export_dir, is_chief=cluster.is_chief)

@@ -56,6 +56,8 @@ class RunConfig:
                                     LOCAL)
     port: int | None = _field(None, "Base port of the tasks under SLURM (default 8888), and of --worker_hosts "
                               "entries without one.", LOCAL)
+    tf_log: bool = _field(False, "Show TensorFlow's own log lines (its C++ start-up lines, its Python warnings), "
+                          "for debugging.", LOCAL)
     describe_cluster: bool = _field(False, "Print this task's place in the job as one JSON object and exit, "
                                     "without training or connecting.", LOCAL)
     dataset: str = _field(DEFAULT_DATASET, "'digits' (offline, default), 'synthetic', or a TFDS name.", MATH)

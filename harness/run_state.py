@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
-from absl import logging
-
 from harness import storage
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 
@@ -86,8 +87,8 @@ def _shape_problem(record: Any) -> str | None:
 
 
 def _damaged(path: str, reason: str) -> None:
-    logging.warning("%s is damaged (%s); ignoring it (the checkpoints hold the run's state; it is rewritten).",
-                    path, reason[:120])
+    log.warning("%s is damaged (%s); ignoring it (the checkpoints hold the run's state; it is rewritten).",
+                path, reason[:120])
     return None
 
 

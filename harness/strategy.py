@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
@@ -15,13 +16,13 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from absl import logging
-
 from harness.cluster_env import SOURCE_VARIABLES, ResolvedCluster, resolve_cluster
 from harness.errors import SetupError, UsageError
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 MULTI_WORKER = "multi_worker_mirrored"
@@ -40,8 +41,8 @@ def configure_cpu_devices(num_cpu_devices: int | None) -> int:
     if num_cpu_devices < 1:
         raise UsageError(f"must be >= 1, got {num_cpu_devices}", argument="num_cpu_devices")
     if tf.config.list_physical_devices("GPU"):
-        logging.warning("--num_cpu_devices=%d ignored: this host has GPUs, which are used as replicas.",
-                        num_cpu_devices)
+        log.warning("--num_cpu_devices=%d ignored: this host has GPUs, which are used as replicas.",
+                    num_cpu_devices)
         return len(tf.config.list_logical_devices("CPU"))
     cpu = tf.config.list_physical_devices("CPU")[0]
     configured = tf.config.get_logical_device_configuration(cpu)
@@ -103,7 +104,7 @@ def resolve_job(strategy: str, environ: Mapping[str, str] | None = None, *, warn
     try:
         cluster = resolve_cluster(environ)
     except UsageError as e:
-        logging.warning("Ignoring the cluster environment: --strategy=%s trains in one process (%s).", strategy, e)
+        log.warning("Ignoring the cluster environment: --strategy=%s trains in one process (%s).", strategy, e)
         return ResolvedCluster("none")
     if cluster.task_type is not None and not cluster.is_evaluator and not cluster.is_chief:
         raise UsageError(f"is {strategy}, which trains in one process and would write as the chief, but "
@@ -111,19 +112,20 @@ def resolve_job(strategy: str, environ: Mapping[str, str] | None = None, *, warn
                          f"{cluster.task_index} of a {cluster.num_workers}-task cluster; use {MULTI_WORKER}, or "
                          f"unset {SOURCE_VARIABLES[cluster.source]}", argument="strategy")
     if cluster.task_type is not None and not cluster.is_evaluator:
-        logging.warning("Ignoring the %s cluster: --strategy=%s trains in one process.", cluster.source, strategy)
+        log.warning("Ignoring the %s cluster: --strategy=%s trains in one process.", cluster.source, strategy)
         return ResolvedCluster("none", ignored_sources=(cluster.source, *cluster.ignored_sources))
     return cluster
 
 
 @contextlib.contextmanager
 def _warnings_off() -> Iterator[None]:
-    previous = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
+    """Silences this module's warnings (a check that already warned once)."""
+    previous = log.level
+    log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logging.set_verbosity(previous)
+        log.setLevel(previous)
 
 
 def _multi_worker(cluster: ResolvedCluster, num_cpu_devices: int | None, collective_timeout_s: float | None,

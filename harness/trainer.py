@@ -7,12 +7,12 @@ a tensor, so neither K nor the epoch ever retraces it (the Orbit pattern). The o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from callbacks.base import Callback
 from callbacks.history import History
@@ -27,6 +27,8 @@ from harness.mean_metrics import MeanMetrics
 from harness.metrics import LOSS, METRICS, MetricFn
 from harness.model_saving import ModelSaver
 from harness.run_state import RunState
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -57,10 +59,10 @@ def _warn_unsynchronised_batch_norm(model: keras.Model, num_replicas: int) -> No
     unsynced = [layer.name for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)
                 and not layer.synchronized]
     if num_replicas > 1 and unsynced:
-        logging.warning("%d BatchNormalization layer(s) of %s (%s...) are not synchronised: on %d replicas each "
-                        "normalises with its own batch and keeps its own moving statistics; build them with "
-                        "keras.layers.BatchNormalization(synchronized=True).", len(unsynced), model.name,
-                        unsynced[0], num_replicas)
+        log.warning("%d BatchNormalization layer(s) of %s (%s...) are not synchronised: on %d replicas each "
+                    "normalises with its own batch and keeps its own moving statistics; build them with "
+                    "keras.layers.BatchNormalization(synchronized=True).", len(unsynced), model.name,
+                    unsynced[0], num_replicas)
 
 
 def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:

@@ -11,7 +11,6 @@ Exit codes: 0 done, 1 failure (one `error:` line), 2 usage error (bad flag or TF
 
 import dataclasses
 import json
-import logging as pylogging
 import os
 import sys
 
@@ -24,6 +23,7 @@ from harness.preemption import EXIT_PREEMPTED, WATCHER, Interrupted
 
 WATCHER.install()  # from here on a signal ends the process with exit 75 and one line, never a traceback
 
+from harness import console
 from harness.cluster_env import default_output_dirs
 from harness.errors import SetupError, UsageError
 from harness.run_config import RunConfig
@@ -92,10 +92,10 @@ def main(argv) -> int:
     if len(argv) > 1:
         return fail(f"unexpected argument {argv[1]!r}; every setting is a flag such as --epochs=5 "
                     "(see --help)", 2)
-    if not FLAGS["verbosity"].present:  # the progress bar is the default output; --verbosity=0 for INFO logs
-        logging.set_verbosity(logging.WARNING)
-        pylogging.getLogger("tensorflow").setLevel(pylogging.WARNING)
     config = config_from_flags()
+    console.configure(show_tensorflow=config.tf_log)
+    if not FLAGS["verbosity"].present:  # TensorFlow's and TFDS's absl lines only with --tf_log (or --verbosity)
+        logging.set_verbosity(logging.INFO if config.tf_log else logging.ERROR)
     try:
         config.validate()
         if config.describe_cluster:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from harness.native_logs import is_native_log
+from harness.console import is_native_log
 from tests.conftest import ROOT
 
 NATIVE = [
@@ -35,7 +35,7 @@ def test_other_lines_are_not(line):
 
 
 def test_a_process_with_the_filter_shows_only_its_own_lines_and_the_last_one():
-    code = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from harness.native_logs import FILTER; FILTER.install(); "
+    code = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from harness.console import FILTER; FILTER.install(); "
             f"[os.write(2, line + b'\\n') for line in {NATIVE!r}]; print('out', flush=True); "
             f"sys.stderr.write('error: the last line\\n'); os.write(2, b'no newline at the end')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)

@@ -1,16 +1,19 @@
-"""TensorFlow's C++ log lines, kept off the terminal unless asked for (`--tf_log=all`).
+"""What the person at the terminal sees: the harness's own lines, plain; TensorFlow's only when asked.
 
-TensorFlow's native code logs before absl initialises (`oneDNN custom operations are on`,
+The harness and its callbacks log through the standard `logging` module (loggers `harness.*` and
+`callbacks.*`); `configure` prints those as plain lines (no absl prefix). TensorFlow's native code
+logs before absl initialises (`oneDNN custom operations are on`,
 `Could not find cuda drivers`, `failed call to cuInit: ... UNKNOWN ERROR (303)`, which reads like
 a crash) and ignores `TF_CPP_MIN_LOG_LEVEL` for those lines, even at 3. They are written to file
 descriptor 2 by C++, so no Python logging setting reaches them: the process's stderr is replaced
 by a pipe whose reader passes every line on except these. Python's own output is untouched, and
-everything is flushed at exit.
+everything is flushed at exit. `--tf_log` (`configure(show_tensorflow=True)`) shows them all.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -73,3 +76,22 @@ class NativeLogFilter:
 
 
 FILTER = NativeLogFilter()
+
+
+OWN_LOGGERS = ("harness", "callbacks")
+
+
+def configure(show_tensorflow: bool = False) -> None:
+    """Plain lines for the harness's messages; TensorFlow's native and Python logs only with `show_tensorflow`."""
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "plain", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            handler.plain = True
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logging.getLogger("tensorflow").setLevel(logging.INFO if show_tensorflow else logging.ERROR)
+    if not show_tensorflow:
+        FILTER.install()
