@@ -33,9 +33,10 @@ def _format_stragglers(seconds) -> str:
 class ProgressBar(Callback):
     """A live bar on a terminal; plain periodic lines when output is not a terminal (chief only).
 
-    Shows steps, steps/s, ETA and the running metrics. Metrics are read about
+    Shows steps, the training steps/s, ETA and the running metrics. Metrics are read about
     `updates_per_epoch` times per epoch (at fixed steps, the same on every worker), not on
-    every loop, so the bar costs no host sync per step.
+    every loop, so the bar costs no host sync per step. The epoch's line says what each part
+    took: the training steps (and their rate) and the validation, separately.
     """
 
     def __init__(self, stream: TextIO | None = None, updates_per_epoch: int = 10, log_every_s: float = 15.0,
@@ -63,12 +64,19 @@ class ProgressBar(Callback):
         self._epoch_start = (time.monotonic(), self.context.global_step)
         self._last_print = time.monotonic()
         self._logs = {}
+        self._trained_until = self._tested_from = self._tested_until = None
+
+    def on_test_begin(self, logs=None):
+        self._tested_from = time.monotonic()
+
+    def on_test_end(self, logs=None):
+        self._tested_until = time.monotonic()
 
     def on_train_batch_end(self, step, logs=None):
         if not self.context.is_chief:
             return
         self._logs = logs or self._logs
-        now = time.monotonic()
+        now = self._trained_until = time.monotonic()
         if not self._live() and now - self._last_print < self.log_every_s:
             return
         self._last_print = now
@@ -76,7 +84,7 @@ class ProgressBar(Callback):
         start_time, start_step = self._epoch_start
         rate = (step - start_step) / max(now - start_time, 1e-9)
         eta = (total - done) / rate if rate > 0 else 0.0
-        status = f"{rate:.1f} steps/s - ETA {_format_duration(eta)}"
+        status = f"train {rate:.1f} steps/s - ETA {_format_duration(eta)}"
         if self._logs:
             status += " - " + _format_logs(self._logs)
         status += _format_stragglers(self.context.worker_seconds)
@@ -93,11 +101,13 @@ class ProgressBar(Callback):
         if not self.context.is_chief:
             return
         start_time, start_step = self._epoch_start
-        elapsed = time.monotonic() - start_time
         steps = self.context.global_step - start_step
-        line = (f"Epoch {epoch + 1}/{self.context.epochs} - {steps} steps - {elapsed:.1f}s - "
-                f"{steps / max(elapsed, 1e-9):.1f} steps/s - {_format_logs(logs or {})}"
-                f"{_format_stragglers(self.context.epoch_worker_seconds)}")
+        trained = (self._trained_until or time.monotonic()) - start_time
+        parts = [f"Epoch {epoch + 1}/{self.context.epochs}", f"{steps} step{'s' * (steps != 1)}",
+                 f"train {trained:.1f}s ({steps / max(trained, 1e-9):.1f} steps/s)"]
+        if self._tested_from is not None and self._tested_until is not None:
+            parts.append(f"validation {self._tested_until - self._tested_from:.1f}s")
+        line = " - ".join([*parts, _format_logs(logs or {})]) + _format_stragglers(self.context.epoch_worker_seconds)
         self._out.write(("\r" + line + "\033[K\n") if self._live() else line + "\n")
         self._out.flush()
 

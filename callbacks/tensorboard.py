@@ -112,6 +112,7 @@ class TensorBoard(Callback):
             tf.summary.trace_on(graph=True, profiler=False)
             self._tracing = True
         self._epoch_start = self._interval_start = (time.monotonic(), step)
+        log.info("TensorBoard: tensorboard --logdir %s", self._root)
 
     def _crosses_update(self, step: int, previous: int) -> bool:
         return isinstance(self.update_freq, int) and crosses_multiple(previous, step, self.update_freq)
@@ -217,5 +218,3 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
-        if self.context.is_chief:
-            log.info("TensorBoard logs: tensorboard --logdir %s", self._root)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import io
 import logging
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
@@ -205,14 +206,28 @@ def _prepare(name: str, data_dir: str | None, download: bool) -> tfds.core.Datas
                          f"access, or let TFDS download it (--download_data, download=True), or use the "
                          f"{DEFAULT_DATASET} data set")
     root = str(builder.data_dir_root)  # (an epath.Path)
-    log.info("Preparing TFDS data set %s into %s", name, root)
+    offline = isinstance(builder, digits.Digits)
+    if offline:  # TFDS's own lines ("Downloading and preparing dataset Unknown size", in ANSI bold) would mislead
+        log.info("Building %s (%s, offline) in %s", name, digits.SIZE, root)
+    else:
+        log.info("Preparing TFDS data set %s into %s", name, root)
     try:
-        with tf_compat.few_download_retries(), _quiet_retries():  # without network: fail in seconds, not minutes
+        with tf_compat.few_download_retries(), _quiet_retries(), _quiet_stdout(offline):
             builder.download_and_prepare()
     except Exception as e:  # a download or a build fails in the library's many ways: say which, in one line
         _remove_partial_files(root, name)
         raise _preparation_error(name, root, e) from None
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    """Keeps TFDS's printed lines about a download off stdout when there is no download."""
+    if not quiet:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 NUM_TEST_EXAMPLES = 297  # 1,500 train / 297 test: a fixed, seeded split
+SIZE = "1,797 examples"
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):

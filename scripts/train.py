@@ -115,14 +115,31 @@ def main(argv) -> int:
     if summary["signal"]:
         print(preempted_message(summary), file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
-    print(f"Done: global step {summary['global_step']}, {summary['epochs_completed']} epochs, "
+    epochs = summary["epochs_completed"]
+    print(f"Done: global step {summary['global_step']}, {epochs} epoch{'s' * (epochs != 1)}, "
           f"stop reason: {summary['stop_reason'] or 'none'}", flush=True)
     for kind, path in summary["exported"].items():
         print(f"Exported {kind}: {path}", flush=True)
     return 0
 
 
+HELP = ("--help", "-h", "-?", "--helpshort")
+
+
+def print_help() -> None:
+    """This script's flags first (absl lists its own too; those are under --helpfull)."""
+    print((__doc__ or "").strip() + "\n")
+    print("Flags (each a field of harness.run_config.RunConfig):")
+    print("  --flagfile: Read more flags from this file (one --name=value per line).")
+    print("\n".join(line for line in FLAGS.main_module_help().splitlines()
+                    if line.strip() and not line.strip().endswith(".py:")))
+    print("\nabsl's own flags (--verbosity, --logtostderr, ...): --helpfull")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
+    if any(arg in HELP for arg in argv[1:]):
+        print_help()
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:

@@ -57,7 +57,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data_
     done = [line for line in output.splitlines() if "Done: " in line]
     assert [d.split("] ", 1)[1] for d in done] == ["Done: global step 69, 3 epochs, stop reason: none"] * 2
     # The chief prepared the data set; the other worker waited for it.
-    assert any("Dataset digits downloaded and prepared" in line for line in lines_of(output, "worker:0"))
+    assert any("Building digits (1,797 examples, offline)" in line for line in lines_of(output, "worker:0"))
     assert not any("prepared" in line for line in lines_of(output, "worker:1"))
 
     files = files_under(model_dir)
