@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
+from harness.compiled import compiled
+
 
 class MeanMetrics:
     """Running means of per-example values, one accumulator vector per replica.
@@ -33,8 +35,8 @@ class MeanMetrics:
             self._sums = tf.Variable(tf.zeros([len(self.names) + 2]), trainable=False, name=f"{name}_sums",
                                      synchronization=tf.VariableSynchronization.ON_READ,
                                      aggregation=tf.VariableAggregation.SUM)
-        self._read = tf.function(self._all_reduced_sums)
-        self._reset = tf.function(self._reset_on_every_replica)
+        self._read = compiled(self._all_reduced_sums)
+        self._reset = compiled(self._reset_on_every_replica)
 
     @property
     def variable(self) -> tf.Variable:
