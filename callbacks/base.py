@@ -39,6 +39,9 @@ class CallbackContext(Protocol):
     epoch_worker_seconds: tuple[float, ...]  # ... summed over this epoch's loops (see callbacks.stragglers)
     metric_names: tuple[str, ...]  # every name a log of this trainer can have
     logged_names: tuple[str, ...]  # the names this run's epoch logs have
+    validation_every_n_steps: int | None  # also validate at every multiple of this global step (None: epoch ends only)
+    rollbacks: tuple[dict, ...]  # the run's rollbacks so far (see request_rollback), oldest first
+    last_checkpoint_step: int | None  # the step of the newest training checkpoint (the one a rollback restores)
 
     @property
     def learning_rate(self) -> float:
@@ -63,6 +66,11 @@ class CallbackContext(Protocol):
     def request_checkpoint(self) -> None:
         """Asks for a training-state checkpoint (the resume point) at this decision point."""
 
+    def request_rollback(self, reason: str, lr_factor: float = 1.0) -> None:
+        """Asks every worker to restore the newest training checkpoint at this decision point, skip the data
+        from its step to this one, and multiply the learning rate by `lr_factor`. It overrides the stops, saves
+        and learning-rate changes asked at the same point (they were decided on the state it discards)."""
+
     def save_weights(self, path: str) -> str | None:
         """Writes a `tf.train.Checkpoint(model=...)` at `path` (chief) or a discarded temporary (others).
         Call from `on_save`, on every worker; returns the path on the chief. Skipped for non-finite weights."""
@@ -72,6 +80,12 @@ class CallbackContext(Protocol):
 
     def restore_weights(self, path: str) -> None:
         """Loads weights written by `save_weights`, on every worker."""
+
+    def get_weights(self) -> list:
+        """The evaluated weights (the EMA of the weights when the trainer keeps one), as `model.get_weights()`."""
+
+    def set_weights(self, weights: list) -> None:
+        """Sets the evaluated weights from `get_weights()` (with an EMA: the weights and the EMA), on every worker."""
 
     def write_text(self, path: str, text: str) -> None:
         """Writes a text file atomically through `tf.io.gfile` on the chief (a no-op elsewhere);
@@ -107,6 +121,14 @@ class Callback:
     def on_train_batch_end(self, step: int, logs: dict[str, float] | None = None) -> None: ...
     def on_test_begin(self, logs: dict[str, float] | None = None) -> None: ...
     def on_test_end(self, logs: dict[str, float] | None = None) -> None: ...
+
+    def on_validation_end(self, step: int, logs: dict[str, float] | None = None) -> None:
+        """After every validation, at global `step`: the step-wise ones (`validation_every_n_steps`) and the
+        epoch end's (before `on_epoch_end`). `logs` holds the `val_` metrics only."""
+
+    def on_rollback(self, step: int) -> None:
+        """After a rollback restored the checkpoint at global `step` (and this callback's state from it):
+        the steps after it are trained again, on other data."""
 
     def on_save(self) -> None:
         """Runs on every worker when a `context.request_save(self)` was agreed."""

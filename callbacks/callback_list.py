@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -12,17 +13,46 @@ from callbacks.base import Callback, CallbackContext
 log = logging.getLogger(__name__)
 
 
-class CallbackList:
-    """Calls each hook on every callback, in order; itself not a `Callback` so it cannot be nested by mistake."""
+def _keras_callback_type():
+    """`keras.callbacks.Callback`, if Keras is loaded (an object cannot be a Keras callback otherwise)."""
+    keras = sys.modules.get("keras")
+    return keras.callbacks.Callback if keras is not None else None
 
-    def __init__(self, callbacks: Iterable[Callback] = ()):
-        if isinstance(callbacks, Callback):
-            callbacks = [callbacks]
-        self.callbacks = list(callbacks)
-        for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"{cb!r} is not a callbacks.Callback; subclass callbacks.Callback "
-                                "(or wrap functions in callbacks.LambdaCallback)")
+
+def _expand(callbacks) -> list:
+    """A bare callback (ours or Keras's), a `keras.callbacks.CallbackList`, or an iterable of them, as one list."""
+    keras_type = _keras_callback_type()
+    if isinstance(callbacks, Callback) or (keras_type is not None and isinstance(callbacks, keras_type)):
+        callbacks = [callbacks]
+    out = []
+    for cb in callbacks:
+        if keras_type is not None and isinstance(cb, sys.modules["keras"].callbacks.CallbackList):
+            out.extend(cb.callbacks)
+        else:
+            out.append(cb)
+    return out
+
+
+def _as_callback(cb) -> Callback:
+    if isinstance(cb, Callback):
+        return cb
+    keras_type = _keras_callback_type()
+    if keras_type is not None and isinstance(cb, keras_type):
+        from callbacks.keras_callbacks import KerasCallback
+
+        return KerasCallback(cb)
+    raise TypeError(f"{cb!r} is not a callbacks.Callback; subclass callbacks.Callback (or keras.callbacks.Callback), "
+                    "or wrap functions in callbacks.LambdaCallback")
+
+
+class CallbackList:
+    """Calls each hook on every callback, in order; itself not a `Callback` so it cannot be nested by mistake.
+
+    Accepts a bare callback too, and runs `keras.callbacks.Callback`s through `callbacks.KerasCallback`.
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] | Callback = ()):
+        self.callbacks = [_as_callback(cb) for cb in _expand(callbacks)]
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
@@ -53,13 +83,15 @@ class CallbackList:
     def on_train_batch_end(self, step, logs=None): self._call("on_train_batch_end", step, logs)
     def on_test_begin(self, logs=None): self._call("on_test_begin", logs)
     def on_test_end(self, logs=None): self._call("on_test_end", logs)
+    def on_validation_end(self, step, logs=None): self._call("on_validation_end", step, logs)
+    def on_rollback(self, step): self._call("on_rollback", step)
 
     def _keys(self) -> list[str]:
         """`ClassName` (`ClassName#2` for a second one): stable when other callbacks are added or removed."""
         seen: Counter[str] = Counter()
         keys = []
         for cb in self.callbacks:
-            name = type(cb).__name__
+            name = getattr(cb, "state_key", None) or type(cb).__name__  # a Keras callback: keras.<its class>
             seen[name] += 1
             keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
         return keys

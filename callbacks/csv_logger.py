@@ -20,7 +20,9 @@ class CSVLogger(Callback):
     Only the chief writes. The file is rewritten whole and atomically each epoch through
     `tf.io.gfile` (so it works on gs://, which cannot append); the header is written once.
     On resume, rows of epochs that are being redone are dropped, so every epoch appears
-    exactly once. `filename` defaults to `<model_dir>/metrics.csv`.
+    exactly once, and rows of completed epochs that the file lacks come back from the run's
+    history. `filename` defaults to `<model_dir>/metrics.csv`. The `epoch` column counts
+    from 1, as every epoch number a person reads in the harness does (Keras's counts from 0).
 
     A file this logger cannot continue (not text, no `epoch` column, a column of this run's
     logs missing from its header, a malformed row) is kept, renamed to `<filename>.damaged-<n>`,
@@ -86,16 +88,34 @@ class CSVLogger(Callback):
         if (self.append or resumed) and exists:
             self._read_existing(path)
         if resumed:  # drop rows of epochs the resumed run will redo (written after the checkpoint)
-            while self._rows and int(self._rows[-1]["epoch"]) >= self.context.epochs_completed:
+            while self._rows and int(self._rows[-1]["epoch"]) > self.context.epochs_completed:
                 self._rows.pop()
+            self._fill_from_history()
+
+    def _fill_from_history(self) -> None:
+        """Rows the file lacks for completed epochs (a damaged file set aside, the logger switched off for a
+        while) come back from the run's history, which the checkpoint holds: every epoch appears exactly once."""
+        history, have = self.context.history, {int(row["epoch"]) for row in self._rows}
+        for i, epoch in enumerate(history.epoch):
+            if epoch + 1 not in have and epoch < self.context.epochs_completed:
+                self._rows.append(self._row(epoch, {name: values[i] for name, values in history.history.items()
+                                                    if values[i] is not None}))
+        self._rows.sort(key=lambda row: int(row["epoch"]))
+
+    def _row(self, epoch: int, logs: dict[str, float]) -> dict[str, str]:
+        if self.keys is None:
+            self.keys = sorted(logs)
+        return {"epoch": str(epoch + 1), **{k: repr(float(logs[k])) if k in logs else "NA" for k in self.keys}}
+
+    def on_rollback(self, step):
+        """A rollback to before an epoch end: that epoch is redone, and its row goes (at the next write)."""
+        while self._rows and int(self._rows[-1]["epoch"]) > self.context.epochs_completed:
+            self._rows.pop()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.context.is_chief:
             return
-        logs = logs or {}
-        if self.keys is None:
-            self.keys = sorted(logs)
-        self._rows.append({"epoch": str(epoch), **{k: repr(float(logs[k])) if k in logs else "NA" for k in self.keys}})
+        self._rows.append(self._row(epoch, logs or {}))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=["epoch", *self.keys], delimiter=self.separator, lineterminator="\n",
                                 extrasaction="ignore", restval="NA")

@@ -8,7 +8,7 @@ import os
 
 from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
-from callbacks.monitor import Monitor
+from callbacks.monitor import Monitor, check_monitor_freq
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,10 @@ class ModelCheckpoint(Callback):
     Options as in Keras: `filepath` (a template with `{epoch}` (1-based), `{step}` and metric
     names, e.g. "best/epoch{epoch:03d}-{val_loss:.3f}"; relative paths go under model_dir),
     `monitor`, `mode`, `save_best_only`, `save_weights_only` (a `tf.train.Checkpoint(model=...)`
-    at the path; otherwise a `.keras` file of the whole model), `save_freq` ("epoch" or a
-    number of steps), `initial_value_threshold`; plus `max_to_keep` (delete older saves).
+    at the path; otherwise a `.keras` file of the whole model), `save_freq` ("epoch", a number of
+    steps, or "validation": after every validation, the trainer's `validation_every_n_steps` ones
+    too, with a `val_` monitor for `save_best_only`), `initial_value_threshold`; plus `max_to_keep`
+    (delete older saves).
 
     The decision to save is agreed across workers; the chief writes the real path, the
     others a temporary copy they delete. A save is atomic: complete or absent. Non-finite
@@ -30,8 +32,11 @@ class ModelCheckpoint(Callback):
     def __init__(self, filepath: str, monitor: str = "val_loss", verbose: int = 0, save_best_only: bool = False,
                  save_weights_only: bool = False, mode: str = "auto", save_freq: str | int = "epoch",
                  initial_value_threshold: float | None = None, max_to_keep: int | None = None):
-        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
-            raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive integer, got {save_freq!r}")
+        if save_freq not in ("epoch", "validation") and not (isinstance(save_freq, int) and save_freq > 0):
+            raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch', 'validation' or a positive integer, "
+                             f"got {save_freq!r}")
+        if save_freq == "validation" and save_best_only:
+            check_monitor_freq(save_freq, monitor, "ModelCheckpoint", option="save_freq")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"ModelCheckpoint: max_to_keep must be >= 1 or None, got {max_to_keep}")
         if not save_weights_only and not filepath.endswith(".keras"):
@@ -44,6 +49,7 @@ class ModelCheckpoint(Callback):
         self._monitor = Monitor(monitor, mode, 0.0, "ModelCheckpoint")
         self.best: float | None = initial_value_threshold
         self.best_epoch: int | None = None
+        self.best_step: int | None = None  # (save_freq="validation")
         self.saved: list[str] = []
         self._pending: str | None = None
         self._last_step = 0
@@ -83,6 +89,8 @@ class ModelCheckpoint(Callback):
             if self.verbose:
                 log.info("ModelCheckpoint: %s improved from %s to %.6g.", self.monitor, self.best, current)
             self.best, self.best_epoch = current, epoch
+            if self.save_freq == "validation":
+                self.best_step = self.context.global_step
         if not math.isfinite(logs.get("loss", 0.0)):
             log.warning("ModelCheckpoint: not saving, the loss is %s.", logs["loss"])
             return
@@ -97,6 +105,13 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
             self._consider(epoch, logs or {})
+
+    def on_validation_end(self, step, logs=None):
+        if self.save_freq == "validation":
+            self._consider(self.context.epoch, logs or {})
+
+    def on_rollback(self, step):
+        self._last_step = step
 
     def on_save(self):
         path = self._pending or self._format(self.context.epoch, self.context.history.last_logs())
@@ -113,7 +128,11 @@ class ModelCheckpoint(Callback):
             self.context.remove_saved(self.saved.pop(0))
 
     def get_state(self):
-        return {"best": self.best, "best_epoch": self.best_epoch, "saved": self.saved}
+        state = {"best": self.best, "best_epoch": self.best_epoch, "saved": self.saved}
+        if self.save_freq == "validation":
+            state["best_step"] = self.best_step
+        return state
 
     def set_state(self, state):
         self.best, self.best_epoch, self.saved = state["best"], state["best_epoch"], list(state["saved"])
+        self.best_step = state.get("best_step")

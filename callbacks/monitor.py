@@ -12,9 +12,21 @@ MODES = ("auto", "min", "max")
 _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou")
 
 
+MONITOR_FREQS = ("epoch", "validation")  # when a monitoring callback acts: each epoch end, or each validation
+
+
 def validate_mode(mode: str, owner: str) -> None:
     if mode not in MODES:
         raise ValueError(f"{owner}: unknown mode {mode!r}; use 'auto', 'min' or 'max'")
+
+
+def check_monitor_freq(freq: str, monitor: str, owner: str, option: str = "monitor_freq") -> None:
+    """`freq` is 'epoch' or 'validation'; acting per validation needs a validation metric (`val_...`)."""
+    if freq not in MONITOR_FREQS:
+        raise ValueError(f"{owner}: {option} must be 'epoch' or 'validation', got {freq!r}")
+    if freq == "validation" and not monitor.startswith("val_"):
+        raise ValueError(f"{owner}: {option}='validation' acts on validation metrics, but monitor is {monitor!r}; "
+                         f"monitor a val_ metric (e.g. 'val_{monitor}')")
 
 
 class Monitor:

@@ -6,7 +6,7 @@ import logging
 import math
 
 from callbacks.base import Callback
-from callbacks.monitor import Monitor
+from callbacks.monitor import Monitor, check_monitor_freq
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +17,22 @@ class ReduceLROnPlateau(Callback):
     The reduction multiplies the harness's learning-rate scale, so it composes with a
     per-step schedule from `LearningRateScheduler` (where Keras raises a TypeError); the
     change is agreed across workers (the chief's value) and its state resumes exactly.
+
+    `monitor_freq="validation"` acts after every validation instead of every epoch (with the
+    trainer's `validation_every_n_steps`, also between epoch ends): `patience` and `cooldown`
+    then count validations, and the monitor must be a `val_` metric.
     """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
-                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, *,
+                 monitor_freq: str = "epoch"):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
         for name, value in (("patience", patience), ("cooldown", cooldown), ("min_lr", min_lr)):
             if not 0 <= value < math.inf:  # (NaN fails this too)
                 raise ValueError(f"ReduceLROnPlateau: {name} must be a finite number >= 0, got {value}")
-        self.monitor = monitor
+        check_monitor_freq(monitor_freq, monitor, "ReduceLROnPlateau")
+        self.monitor, self.monitor_freq = monitor, monitor_freq
         self._monitor = Monitor(monitor, mode, min_delta, "ReduceLROnPlateau")
         self.factor, self.patience, self.verbose = factor, patience, verbose
         self.cooldown, self.min_lr = cooldown, min_lr
@@ -62,7 +68,7 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter, self.wait = self.cooldown, 0
         return max(learning_rate * self.factor, self.min_lr)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _act(self, logs, where: str) -> None:
         current = self._monitor.value(logs)
         if current is None:
             return
@@ -71,11 +77,20 @@ class ReduceLROnPlateau(Callback):
         if new is not None:
             self.context.scale_learning_rate(new / old)
             if self.verbose:
-                log.info("Epoch %d: ReduceLROnPlateau reducing the learning rate to %.6g.", epoch + 1, new)
+                log.info("%s: ReduceLROnPlateau reducing the learning rate to %.6g.", where, new)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor_freq == "epoch":
+            self._act(logs, f"Epoch {epoch + 1}")
+
+    def on_validation_end(self, step, logs=None):
+        if self.monitor_freq == "validation":
+            self._act(logs, f"Step {step}")
 
     def get_config(self):
         return {"monitor": self.monitor, "mode": self._monitor.mode, "min_delta": self._monitor.min_delta,
-                "factor": self.factor, "patience": self.patience, "cooldown": self.cooldown, "min_lr": self.min_lr}
+                "factor": self.factor, "patience": self.patience, "cooldown": self.cooldown, "min_lr": self.min_lr,
+                **({"monitor_freq": self.monitor_freq} if self.monitor_freq != "epoch" else {})}
 
     def get_state(self):
         return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}

@@ -22,8 +22,10 @@ class RunSummary(Callback):
     It holds the strategy and cluster shape, the global step, epochs completed, the stop
     reason, the per-epoch history, the final metrics and, for each callback that monitors a
     metric, the best value and its epoch; with several workers, the straggler view of every
-    epoch (`workers`: min, mean and max busy seconds, and the slowest worker's index). Non-finite
-    values are written as null.
+    epoch (`workers`: min, mean and max busy seconds, and the slowest worker's index); with
+    step-wise validation, `validation_history` (every validation: `step` and the `val_` metrics);
+    after rollbacks, `rollbacks` (each: the `step` that blew up, the checkpoint `restored`, the
+    data window skipped, the learning-rate scale after it, why). Non-finite values are written as null.
 
     The file is only written, never read (a resumed run's history comes from the checkpoint): a
     damaged one is simply replaced at the next epoch end. A directory where it belongs fails at
@@ -38,14 +40,21 @@ class RunSummary(Callback):
         c = self.context
         history = {k: [_json_number(v) for v in vs] for k, vs in c.history.history.items()}
         best = {type(cb).__name__: {"monitor": cb.monitor, "value": _json_number(cb.best_value),
-                                    "epoch": cb.best_epoch}
+                                    "epoch": cb.best_epoch + 1,
+                                    **({"step": cb.best_step} if getattr(cb, "best_step", None) is not None else {})}
                 for cb in c.callbacks if getattr(cb, "best_epoch", None) is not None}
-        return {**self.extra, "strategy": self.strategy_name, "num_replicas": c.num_replicas,
-                "num_workers": c.num_workers, "global_batch_size": c.global_batch_size,
-                "global_step": c.global_step, "epochs_completed": len(c.history.epoch),
-                "stop_reason": c.stop_reason, "preempted": c.signal is not None, "signal": c.signal,
-                "history": history, "workers": self.workers,
-                "final_metrics": {k: _json_number(v) for k, v in final_logs.items()}, "best": best}
+        payload = {**self.extra, "strategy": self.strategy_name, "num_replicas": c.num_replicas,
+                   "num_workers": c.num_workers, "global_batch_size": c.global_batch_size,
+                   "global_step": c.global_step, "epochs_completed": len(c.history.epoch),
+                   "stop_reason": c.stop_reason, "preempted": c.signal is not None, "signal": c.signal,
+                   "history": history, "workers": self.workers,
+                   "final_metrics": {k: _json_number(v) for k, v in final_logs.items()}, "best": best}
+        if c.validation_every_n_steps:
+            payload["validation_history"] = [{k: _json_number(v) for k, v in entry.items()}
+                                             for entry in c.history.validation_history]
+        if c.rollbacks:
+            payload["rollbacks"] = [dict(r) for r in c.rollbacks]
+        return payload
 
     def _write(self, logs) -> None:
         if self.context.is_chief and self.context.model_dir:

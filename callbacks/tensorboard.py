@@ -67,6 +67,9 @@ class TensorBoard(Callback):
     - `histogram_freq`: weight histograms every that many epochs; `write_graph`: the traced
       training loop; `profile_batch`: a profiler trace over a (start, stop) range of global
       steps, or one step; 0 turns it off.
+    - With step-wise validation (the trainer's `validation_every_n_steps`), every validation as
+      Keras names it: `evaluation_<metric>_vs_iterations` in `validation/` at its global step.
+    - After a rollback, a restart mark drops the events of the steps it discarded.
     `log_dir` defaults to `<model_dir>/tensorboard`.
     """
 
@@ -178,6 +181,31 @@ class TensorBoard(Callback):
                     tf.summary.scalar(f"epoch_{name[4:]}", value)
         for writer in self._writers.values():
             writer.flush()
+        self._epoch_start = self._interval_start = (time.monotonic(), step)
+
+    @_writes_events
+    def on_validation_end(self, step, logs=None):
+        """With step-wise validation, every validation as Keras names it: `evaluation_<metric>_vs_iterations`
+        in `validation/` at the global step (the epoch ends' too, so the curve is whole)."""
+        if not self.context.is_chief or not self.context.validation_every_n_steps:
+            return
+        with self._writer("validation").as_default(step=step):
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"evaluation_{name.removeprefix('val_')}_vs_iterations", value)
+        self._writer("validation").flush()
+
+    @_writes_events
+    def on_rollback(self, step):
+        """The steps after `step` are trained again: a restart mark at `step + 1` drops their earlier events."""
+        if not self.context.is_chief or not self._writers:
+            return
+        for writer in self._writers.values():
+            writer.close()
+        for name in ("train", "validation"):
+            write_start_event(f"{self._root}/{name}", step + 1)
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)  # the new event files must sort after the marks
+        for name in ("train", "validation"):
+            self._writers[name] = tf.summary.create_file_writer(f"{self._root}/{name}")
         self._epoch_start = self._interval_start = (time.monotonic(), step)
 
     @staticmethod

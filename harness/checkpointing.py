@@ -181,6 +181,12 @@ class Checkpointer:
                              "or pass --fresh to start over")
         return None
 
+    def restore(self, path: str) -> dict[str, Any]:
+        """Restores the checkpoint at `path` (a rollback: one this run wrote or resumed from); returns its progress."""
+        progress = read_progress(path)
+        self.checkpoint.read(path).assert_existing_objects_matched().expect_partial()
+        return progress
+
     def _adopt(self, path: str, complete: list[str]) -> None:
         """Lists a restored checkpoint that the state file did not list yet, with the complete ones before it.
 

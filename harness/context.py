@@ -33,6 +33,7 @@ class FitPlan:
     has_validation: bool
     metric_names: tuple[str, ...]  # besides the loss
     model_dir: str | None
+    validation_every_n_steps: int | None = None  # also validate at every multiple of this global step
 
 
 class TrainerContext:
@@ -49,6 +50,7 @@ class TrainerContext:
         # and of this epoch's loops so far (see callbacks.stragglers).
         self.worker_seconds: tuple[float, ...] = ()
         self.epoch_worker_seconds: tuple[float, ...] = ()
+        self.last_checkpoint_step: int | None = None  # kept by the controller (the checkpoint a rollback restores)
 
     is_chief = property(lambda self: self._cluster.is_chief)
     worker_index = property(lambda self: self._cluster.worker_index)
@@ -60,6 +62,8 @@ class TrainerContext:
     global_batch_size = property(lambda self: self.plan.global_batch_size)
     has_validation = property(lambda self: self.plan.has_validation)
     model_dir = property(lambda self: self.plan.model_dir)
+    validation_every_n_steps = property(lambda self: self.plan.validation_every_n_steps)
+    rollbacks = property(lambda self: tuple(self._state.rollbacks))
     global_step = property(lambda self: self._state.global_step)
     epochs_completed = property(lambda self: self._state.epochs_completed)
     step_in_epoch = property(lambda self: self._state.step_in_epoch)
@@ -87,7 +91,8 @@ class TrainerContext:
 
     @property
     def learning_rate(self) -> float:
-        return self._learning_rate.current(self._state.global_step)
+        """The rate the next step uses, with the changes asked at this decision point (before they are agreed)."""
+        return self._learning_rate.current(self._state.global_step, base=self.votes.lr_base, scale=self.votes.lr_scale)
 
     def set_learning_rate(self, value: float) -> None:
         self._learning_rate.check_settable()
@@ -107,6 +112,12 @@ class TrainerContext:
     def request_save(self, callback: Callback) -> None:
         self.votes.savers.add(self._callbacks.saver_index(callback))
 
+    def request_rollback(self, reason: str, lr_factor: float = 1.0) -> None:
+        if not 0.0 < lr_factor < float("inf"):
+            raise ValueError(f"request_rollback: lr_factor must be a number > 0, got {lr_factor}")
+        if self.votes.rollback_reason is None:
+            self.votes.rollback_reason, self.votes.rollback_lr_factor = reason, float(lr_factor)
+
     def request_checkpoint(self) -> None:
         self.votes.savers.add(0)
 
@@ -120,6 +131,12 @@ class TrainerContext:
 
     def restore_weights(self, path: str) -> None:
         self._saver.restore_weights(path)
+
+    def get_weights(self) -> list:
+        return self._saver.get_weights()
+
+    def set_weights(self, weights: list) -> None:
+        self._saver.set_weights(weights)
 
     def write_text(self, path: str, text: str) -> None:
         if self.is_chief:

@@ -9,7 +9,10 @@ loop acts on that decision only.
 One state per step: the checkpoint at global step S holds the state after everything of step
 S ran, its epoch end included when S ends an epoch. So at the decision point after an epoch's
 last loop, saves and signals wait for the epoch end (which follows at once); only a stop
-acts there.
+acts there. A step-wise validation at S (`harness.validation_schedule`) runs before the
+decision point of the loop that ends at S, so a checkpoint at S holds its outcome too (the
+callbacks' counters, the validation history). A rollback (`harness.rollback`) makes the state
+at the restored step that checkpoint plus the rollback's record.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 from callbacks.callback_list import CallbackList
 from callbacks.history import History
-from harness import run_record, tf_compat
+from harness import rollback, run_record, tf_compat
 from harness.cluster import ClusterInfo, error_report, peer_error, reported_error
 from harness.context import FitPlan, TrainerContext
 from harness.data import DatasetFn, check_input_batch_size
@@ -35,7 +38,8 @@ from harness.decisions import Decision, Votes
 from harness.errors import SetupError, UsageError
 from harness.preemption import WATCHER, Interrupted
 from harness.run_state import read_run_file, write_run_file
-from harness.trainer_settings import settings_record
+from harness.trainer_settings import settings_defaults, settings_record
+from harness.validation_schedule import ValidationSchedule
 
 if TYPE_CHECKING:
     from harness.trainer import Trainer
@@ -64,7 +68,7 @@ class Controller:
 
     def __init__(self, trainer: Trainer, train_data: DatasetFn, *, epochs: int, steps_per_epoch: int,
                  validation_data: DatasetFn | None, validation_steps: int | None,
-                 callbacks: Sequence[Callback] | Callback, resume: bool):
+                 callbacks: Sequence[Callback] | Callback, resume: bool, validation_every_n_steps: int | None = None):
         for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"must be an integer >= 1, got {value!r}", argument=name)
@@ -74,11 +78,13 @@ class Controller:
         check_input_batch_size(validation_data, trainer.global_batch_size, "validation_data")
         self.trainer, self.train_data, self.resume = trainer, train_data, resume
         self.validation_data, self.validation_steps = validation_data, validation_steps
+        self.validation = ValidationSchedule(validation_every_n_steps, validation_data is not None)
         self.callbacks = CallbackList([trainer.history, *CallbackList(callbacks)])
         self.plan = FitPlan(epochs=epochs, steps_per_epoch=steps_per_epoch,
                             steps_per_execution=trainer.steps_per_execution,
                             global_batch_size=trainer.global_batch_size, has_validation=validation_data is not None,
-                            metric_names=tuple(trainer.metric_fns), model_dir=trainer.model_dir)
+                            metric_names=tuple(trainer.metric_fns), model_dir=trainer.model_dir,
+                            validation_every_n_steps=validation_every_n_steps)
         self.state, self.cluster = trainer.state, trainer.cluster
         self.maker = DecisionMaker(trainer.strategy, self.cluster, num_savers=1 + len(self.callbacks.callbacks))
         self.settings = settings_record(trainer, self.plan, self.callbacks, train_data, trainer.settings)
@@ -86,6 +92,7 @@ class Controller:
         self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
         self._departed = time.monotonic()  # when this worker left the last decision point
+        self._rolled_back = False  # a rollback restored a checkpoint: the input pipeline starts again
 
     @property
     def history(self) -> History:
@@ -137,12 +144,14 @@ class Controller:
                                  history=self.history, optimizer=trainer.optimizer, resumed=restored is not None)
         self.callbacks.set_context(context)
         self.context = context
+        context.last_checkpoint_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         if restored is not None:
             path, progress = restored
             state.restore(trainer.restored_global_step(), progress)
             self.callbacks.set_state(progress["callbacks"])
+            rollback.adopt_recorded(trainer, state)
             trainer.last_checkpoint = (state.global_step, path)
-            self._saved_step = self._cadence_from = state.global_step
+            self._saved_step = self._cadence_from = context.last_checkpoint_step = state.global_step
         self._adopt_finished_record()
         if not self.maker.all_equal(state.global_step * 2 + int(state.finished(self.plan.epochs))):
             raise SetupError(f"the workers resumed from different checkpoints (this one at step {state.global_step}); "
@@ -160,7 +169,8 @@ class Controller:
         return context
 
     def _check_resume(self, path: str, progress: dict) -> None:
-        changed = run_record.check_resume(progress.get("settings"), self.settings, self.plan.model_dir or "")
+        changed = run_record.check_resume(progress.get("settings"), self.settings, self.plan.model_dir or "",
+                                          settings_defaults(self.trainer.settings))
         if changed:
             log.warning("Resuming %s with changed settings that keep the mathematics: %s.", path,
                         run_record.describe(changed))
@@ -178,16 +188,24 @@ class Controller:
         trainer, state, plan, callbacks = self.trainer, self.state, self.plan, self.callbacks
         trainer.trained_in_last_fit = True
         callbacks.on_train_begin()
-        iterator = iter(trainer.distribute(self.train_data, state.global_step))
+        iterator = None
         logs: dict[str, float] = {}
         while not state.finished(plan.epochs) and state.signal is None:
+            if iterator is None or self._rolled_back:  # (after a rollback: past the data it skipped)
+                iterator = None
+                iterator, self._rolled_back = iter(trainer.distribute(self.train_data, state.global_step +
+                                                                      state.data_offset)), False
             context.epoch = epoch = state.epochs_completed
             if state.step_in_epoch == 0:
                 trainer.train_metrics.reset()
             callbacks.on_epoch_begin(epoch)
             if self._decide(context, EPOCH_BEGIN).stop:
                 break
+            if self._rolled_back:
+                continue
             if not self._train_epoch(context, iterator):
+                if self._rolled_back:
+                    continue
                 break
             logs = self._epoch_logs()
             state.epochs_completed, state.step_in_epoch = epoch + 1, 0
@@ -204,23 +222,33 @@ class Controller:
         """The K-step loops of one epoch; False when training stops before its end."""
         trainer, state, plan, callbacks = self.trainer, self.state, self.plan, self.callbacks
         while state.step_in_epoch < plan.steps_per_epoch:
-            k = min(plan.steps_per_execution, plan.steps_per_epoch - state.step_in_epoch)
+            k = self.validation.loop_length(state.global_step, min(plan.steps_per_execution,
+                                                                   plan.steps_per_epoch - state.step_in_epoch))
             wants_logs = callbacks.wants_batch_logs(state.global_step + k)
             callbacks.on_train_batch_begin(state.global_step)
             trainer.run_train_loop(iterator, k)
             state.global_step += k
             state.step_in_epoch += k
             callbacks.on_train_batch_end(state.global_step, trainer.train_metrics.result() if wants_logs else {})
-            if self._decide(context, LAST_LOOP if state.step_in_epoch == plan.steps_per_epoch else LOOP).stop:
+            last = state.step_in_epoch == plan.steps_per_epoch
+            if not last and self.validation.due(state.global_step):
+                self._validate()
+            if self._decide(context, LAST_LOOP if last else LOOP).stop or self._rolled_back:
                 return False
         return True
+
+    def _validate(self) -> dict[str, float]:
+        """One validation at the current step; its `val_` logs go to `on_validation_end` (and are returned)."""
+        val = self.trainer.evaluate(self.validation_data, self.validation_steps, self.callbacks)
+        logs = {f"val_{name}": value for name, value in val.items()}
+        self.callbacks.on_validation_end(self.state.global_step, logs)
+        return logs
 
     def _epoch_logs(self) -> dict[str, float]:
         trainer = self.trainer
         logs = trainer.train_metrics.result()
         if self.validation_data is not None:
-            val = trainer.evaluate(self.validation_data, self.validation_steps, self.callbacks)
-            logs.update({f"val_{name}": value for name, value in val.items()})
+            logs.update(self._validate())
         logs["lr"] = trainer.learning_rate.current(self.state.global_step)
         return logs
 
@@ -247,6 +275,8 @@ class Controller:
         decision = self.maker.agree(votes)
         self._departed = time.monotonic()
         self._record_worker_seconds(context, decision, point)
+        if decision.rollback:
+            return self._roll_back(decision, votes)
         state, before_epoch_end = self.state, point == LAST_LOOP
         if decision.lr_base is not None:
             self.trainer.learning_rate.set_base(decision.lr_base)
@@ -270,6 +300,17 @@ class Controller:
                 self.callbacks.callbacks[saver - 1].on_save()
         return decision
 
+    def _roll_back(self, decision: Decision, votes: Votes) -> Decision:
+        """Restores the newest checkpoint everywhere (see harness.rollback); the other requests of this point go."""
+        reason = votes.rollback_reason or f"asked by worker {decision.rollback_voters[0]}"
+        rollback.roll_back(self.trainer, self.state, self.callbacks, decision.rollback_lr_factor, reason)
+        self._saved_step = self._cadence_from = self.state.global_step  # that checkpoint + the record: this state
+        self._carried, self._rolled_back = Votes(), True
+        self.callbacks.on_rollback(self.state.global_step)
+        if decision.signal and self.state.signal is None:  # nothing to save: the checkpoint and the record hold it
+            self.state.signal = decision.signal_name
+        return Decision(signal=decision.signal, signalled=decision.signalled)
+
     def _record_worker_seconds(self, context: TrainerContext, decision: Decision, point: str) -> None:
         """Keeps the straggler view for callbacks: the last loop's busy times, and this epoch's sums."""
         if self.cluster.num_workers == 1 or point == EPOCH_END:
@@ -291,6 +332,6 @@ class Controller:
                         state.global_step)
             return
         path = trainer.write_checkpoint(state.progress(self.callbacks.get_state(), self.settings))
-        self._saved_step = self._cadence_from = state.global_step
+        self._saved_step = self._cadence_from = self.context.last_checkpoint_step = state.global_step
         self._saved_at = time.monotonic()
         trainer.last_checkpoint = (state.global_step, path)

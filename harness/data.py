@@ -111,7 +111,10 @@ class TrainInput:
     """Training batches: a seeded stream, reshuffled every pass, endless, that can start anywhere.
 
     Called as `input(ctx, start_step)` by the trainer: the stream resumes at the example
-    `start_step * global_batch_size` without replaying earlier passes over the data.
+    `start_step * global_batch_size` without replaying earlier passes over the data. With
+    `micro_batches=A` (gradient accumulation) it yields micro-batches of `global_batch_size / A`
+    cut from the same stream, so update `u` sees the examples it sees with A=1, and every layout
+    sees the same global micro-batch at every micro-step.
     """
 
     def __init__(self, examples: ExamplesFn, num_examples: int, global_batch_size: int, *,
@@ -131,12 +134,13 @@ class TrainInput:
         The global batch is recorded by the trainer."""
         return {"num_examples": self.num_examples, "seed": self.seed, "shuffle_window": self.shuffle_window}
 
-    def __call__(self, ctx: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
+    def __call__(self, ctx: tf.distribute.InputContext, start_step: int = 0,
+                 micro_batches: int = 1) -> tf.data.Dataset:
         first_pass, offset = divmod(start_step * self.global_batch_size, self.num_examples)
         examples = self.examples()
         passes = tf.data.Dataset.range(first_pass, np.iinfo(np.int64).max)
         stream = passes.flat_map(lambda p: _shuffled_pass(examples, self.seed, p, self.shuffle_window))
-        return _distribute(stream.skip(offset), self.global_batch_size, ctx)
+        return _distribute(stream.skip(offset), self.global_batch_size // micro_batches, ctx)
 
 
 class EvalInput:
@@ -165,12 +169,33 @@ class EvalInput:
         return _distribute(stream, self.global_batch_size, ctx)
 
 
-def accepts_start_step(dataset_fn: DatasetFn) -> bool:
-    """True when a dataset function can start mid-stream itself (see `TrainInput`)."""
+def accepts(dataset_fn: DatasetFn, keyword: str) -> bool:
+    """True when a dataset function takes `keyword` (`start_step`, `micro_batches`: see `TrainInput`)."""
     try:
-        return "start_step" in inspect.signature(dataset_fn).parameters
+        return keyword in inspect.signature(dataset_fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def training_input(dataset_fn: DatasetFn, start_step: int = 0, micro_batches: int = 1) -> DatasetFn:
+    """`dataset_fn` as the trainer reads it: from update `start_step` on, one element per micro-batch.
+
+    A function without `start_step` is skipped past the consumed batches. With `micro_batches=A` > 1
+    one without `micro_batches` gets a context with A times the replicas: batching with
+    `ctx.get_per_replica_batch_size(global_batch_size)` then cuts the same examples into micro-batches.
+    """
+    def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        kwargs, per_pipeline = {}, ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        if micro_batches > 1 and accepts(dataset_fn, "micro_batches"):
+            kwargs["micro_batches"] = micro_batches
+        elif micro_batches > 1:
+            ctx = tf.distribute.InputContext(ctx.num_input_pipelines, ctx.input_pipeline_id,
+                                             ctx.num_replicas_in_sync * micro_batches)
+        if accepts(dataset_fn, "start_step"):
+            return dataset_fn(ctx, start_step=start_step, **kwargs)
+        return dataset_fn(ctx, **kwargs).skip(start_step * micro_batches * per_pipeline)
+
+    return fn
 
 
 def _wait_for_chief(key: str, timeout_s: float) -> None:

@@ -7,7 +7,8 @@ decision point the workers' votes go through one small all-reduce: a stop or sav
 any worker is taken by all, a learning-rate change takes the chief's value. When a stop is
 agreed, a second all-reduce carries the reason of the lowest-numbered worker that asked, so
 every worker records the same reason. The same vector carries each worker's busy time since
-the last decision point (the straggler view), at no extra communication.
+the last decision point (the straggler view), at no extra communication, and the rollbacks asked
+(restore the last checkpoint: see `harness.rollback`), with the lowest voter's learning-rate factor.
 
 `encode`/`decode` are pure (numpy): a decision on W workers is `decode(sum of their encodings)`.
 """
@@ -32,6 +33,8 @@ class Votes:
     lr_base: float | None = None
     lr_scale: float | None = None
     seconds: float = 0.0  # this worker's busy time since the last decision point (its arrival here)
+    rollback_reason: str | None = None  # restore the newest checkpoint and skip the data since (harness.rollback)
+    rollback_lr_factor: float = 1.0  # ... and multiply the learning rate by this (> 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,13 @@ class Decision:
     lr_base: float | None = None
     lr_scale: float | None = None
     seconds: tuple[float, ...] = ()  # every worker's busy time since the last decision point, by worker index
+    rollback_voters: tuple[int, ...] = ()
+    rollback_lr_factor: float = 1.0  # the lowest-numbered rollback voter's factor
+
+    @property
+    def rollback(self) -> bool:
+        """Every worker restores the newest checkpoint here (see `harness.rollback`)."""
+        return bool(self.rollback_voters)
 
     @property
     def stop(self) -> bool:
@@ -58,11 +68,12 @@ class Decision:
 
 
 class Layout:
-    """Where each vote sits: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs, W times."""
+    """Where each vote sits: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs, W times,
+    W rollback slots (each voter's learning-rate factor, > 0)."""
 
     def __init__(self, num_workers: int, num_savers: int):
         self.num_workers, self.num_savers = num_workers, num_savers
-        self.size = 3 * num_workers + num_savers + 4
+        self.size = 4 * num_workers + num_savers + 4
 
     def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
         w = self.num_workers
@@ -75,6 +86,8 @@ class Layout:
                 if value is not None:
                     vector[slot:slot + 2] = (1.0, value)
         vector[self._times_start() + worker_index] = votes.seconds
+        if votes.rollback_reason is not None:
+            vector[self._times_start() + w + worker_index] = votes.rollback_lr_factor
         return vector
 
     def _times_start(self) -> int:
@@ -89,11 +102,14 @@ class Layout:
         signals = total[w:2 * w]
         signalled = tuple(int(i) for i in np.flatnonzero(signals > 0.5))
         lr = [total[k + 1] if total[k] > 0.5 else None for k in self._lr_slots()]
+        factors = total[self._times_start() + w:self._times_start() + 2 * w]
+        rollback = tuple(int(i) for i in np.flatnonzero(factors > 0))
         return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)), stop_reason=stop_reason,
                         signal=int(round(signals[signalled[0]])) if signalled else 0, signalled=signalled,
                         savers=tuple(int(i) for i in np.flatnonzero(total[2 * w:2 * w + s] > 0.5)),
                         lr_base=lr[0], lr_scale=lr[1],
-                        seconds=tuple(float(t) for t in total[self._times_start():self._times_start() + w]))
+                        seconds=tuple(float(t) for t in total[self._times_start():self._times_start() + w]),
+                        rollback_voters=rollback, rollback_lr_factor=float(factors[rollback[0]]) if rollback else 1.0)
 
 
 def encode_reason(reason: str) -> np.ndarray:

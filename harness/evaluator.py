@@ -7,7 +7,7 @@ A process whose task type is `evaluator` (TF_CONFIG, Vertex AI's workerpool3,
 writes only its own files:
 
 - `<model_dir>/evaluator/evaluations.jsonl`: one JSON object per evaluated checkpoint (`step`,
-  `epoch` (epochs completed at that checkpoint), `checkpoint`, `stop_reason`, every `val_*`
+  `epochs_completed` (at that checkpoint), `checkpoint`, `stop_reason`, every `val_*`
   metric). It is the record of what was done: a line is added (the file rewritten atomically)
   after the checkpoint's other outputs, so a restarted evaluator skips exactly what it holds.
 - `<tensorboard_dir>/evaluator`: `epoch_<metric>` scalars at the checkpoint's global step, the
@@ -174,7 +174,8 @@ class Evaluator:
         replicas = self.trainer.cluster.num_replicas if self.trainer else None
         return {"task": "evaluator", "strategy": self.strategy_name, "num_replicas": replicas, "signal": None,
                 "preempted": False, "stop_reason": reason, "global_step": newest.get("step", 0),
-                "epochs_completed": newest.get("epoch", 0), "evaluated": self.evaluated, "skipped": dict(self.skipped),
+                "epochs_completed": newest.get("epochs_completed", 0), "evaluated": self.evaluated,
+                "skipped": dict(self.skipped),
                 "gaps": list(self.gaps), "evaluations": self.path, "last_evaluation": newest or None,
                 "best": self._best(), "exported": self.exported, "checkpoint": newest.get("checkpoint"),
                 "checkpoint_step": newest.get("step")}
@@ -202,7 +203,7 @@ class Evaluator:
         return [path for path in listed if step_of(path) not in done]
 
     def _ends_run(self, record: dict[str, Any]) -> bool:
-        return bool(record.get("stop_reason")) or record["epoch"] >= self.config.epochs
+        return bool(record.get("stop_reason")) or record["epochs_completed"] >= self.config.epochs
 
     def _finished_step(self) -> int | None:
         """The final global step when run.json says this run (of `--epochs` epochs) is finished, else None."""
@@ -222,7 +223,7 @@ class Evaluator:
         if progress is None:
             return None
         metrics = trainer.evaluate(self.eval_input, self.eval_input.steps)
-        record = {"step": step_of(path), "epoch": int(progress["epochs_completed"]), "checkpoint": path,
+        record = {"step": step_of(path), "epochs_completed": int(progress["epochs_completed"]), "checkpoint": path,
                   "stop_reason": progress.get("stop_reason"),
                   **{f"val_{name}": float(value) for name, value in metrics.items()}}
         with WATCHER.deferring():  # a signal now waits until the record is complete
@@ -234,7 +235,8 @@ class Evaluator:
         self.evaluated += 1
         values = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("val_"))
         best = f"; the best so far, exported to {self.export_dir}" if exported else ""
-        self._say(f"Evaluated step {record['step']} (epoch {record['epoch']}): {values} [{path}]{best}")
+        self._say(f"Evaluated step {record['step']} ({record['epochs_completed']} epochs done): {values} "
+                  f"[{path}]{best}")
         return record
 
     def _read(self, path: str) -> dict[str, Any] | None:
@@ -295,8 +297,11 @@ class Evaluator:
             value = record.get(self.monitor.name)
             if value is not None and self.monitor.is_improvement(value, None if best is None else best[1]):
                 best = (record, value)
-        return None if best is None else {"monitor": self.monitor.name, "value": best[1], "step": best[0]["step"],
-                                          "epoch": best[0]["epoch"], "checkpoint": best[0]["checkpoint"]}
+        if best is None:
+            return None
+        record, value = best
+        return {"monitor": self.monitor.name, "value": value, "step": record["step"],
+                "epochs_completed": record["epochs_completed"], "checkpoint": record["checkpoint"]}
 
     def _export_if_best(self, record: dict[str, Any]) -> bool:
         """Exports the restored model when it beats every earlier evaluation (before its line is written, so a
@@ -306,7 +311,8 @@ class Evaluator:
         best, value = self._best(), record.get(self.monitor.name)
         if value is None or not self.monitor.is_improvement(value, best["value"] if best else None):
             return False
-        self.exported = export_model(self.trainer.model, self.export_dir, is_chief=True)
+        with self.trainer.evaluated_weights():  # the EMA, as training's validation evaluates it
+            self.exported = export_model(self.trainer.model, self.export_dir, is_chief=True)
         storage.write_json(f"{self.export_dir}/evaluation.json", {**record, "monitor": self.monitor.name,
                                                                    "mode": self.monitor.mode})
         log.info("Evaluator: exported step %d (%s=%.6g) to %s.", record["step"], self.monitor.name, value,
@@ -353,7 +359,8 @@ class Evaluator:
                                    keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                                    global_batch_size=config.global_batch_size,
                                    steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
-                                   model_dir=config.model_dir, checkpoint_dir=self.checkpoint_dir, cluster=cluster)
+                                   model_dir=config.model_dir, checkpoint_dir=self.checkpoint_dir, cluster=cluster,
+                                   ema_decay=config.ema_decay)  # evaluates the checkpoint's EMA, as training does
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         log.info("Evaluator: strategy %s with %d replica(s).", name, strategy.num_replicas_in_sync)

@@ -42,8 +42,13 @@ class LearningRate:
         """Assigns the optimizer's rate for the update at `step`; runs in graph, cross-replica."""
         self._optimizer.learning_rate = self.value(step)
 
-    def current(self, step: int) -> float:
-        return float(self.value(tf.constant(step, tf.int64)))
+    def current(self, step: int, *, base: float | None = None, scale: float | None = None) -> float:
+        """The rate at `step`; with `base` or `scale`, as it will be once those values are set."""
+        if base is None and scale is None:
+            return float(self.value(tf.constant(step, tf.int64)))
+        if base is None:
+            base = float(self.base.numpy() if self.schedule is None else self.schedule(tf.constant(step, tf.int64)))
+        return base * (scale if scale is not None else self.scale_value())
 
     def scale_value(self) -> float:
         return float(self.scale.numpy())

@@ -76,11 +76,21 @@ def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | 
 
 
 class ModelSaver:
-    """Saves and restores one model's weights or whole model, never with non-finite weights."""
+    """Saves and restores one model's evaluated weights or whole model, never with non-finite weights.
 
-    def __init__(self, model: keras.Model, *, is_chief: bool, weights_are_finite: Callable[[], bool]):
-        self.model, self.is_chief, self._finite = model, is_chief, weights_are_finite
+    The evaluated weights are the model's, or with `ema` (a `harness.ema.WeightAverage`) its moving
+    average: saves swap the average in for their duration, and weights set or restored through the
+    saver become both the model's weights and the average (as Keras's `restore_best_weights` makes
+    the best weights the model's).
+    """
+
+    def __init__(self, model: keras.Model, *, is_chief: bool, weights_are_finite: Callable[[], bool], ema=None):
+        self.model, self.is_chief, self._finite, self._ema = model, is_chief, weights_are_finite, ema
         self._checkpoint = tf.train.Checkpoint(model=model)
+
+    def evaluated(self) -> contextlib.AbstractContextManager:
+        """Inside it the model holds the evaluated weights."""
+        return self._ema.swapped() if self._ema is not None else contextlib.nullcontext()
 
     def _can_save(self, path: str) -> bool:
         if self._finite():
@@ -90,12 +100,27 @@ class ModelSaver:
 
     def save_weights(self, path: str) -> str | None:
         """A `tf.train.Checkpoint(model=...)` at `path` (chief); every worker must call this."""
-        return write_checkpoint(self._checkpoint, path, is_chief=self.is_chief) if self._can_save(path) else None
+        with self.evaluated():
+            return write_checkpoint(self._checkpoint, path, is_chief=self.is_chief) if self._can_save(path) else None
 
     def save_model(self, path: str) -> str | None:
         """The whole model as a `.keras` file at `path` (chief); every worker must call this."""
-        return save_keras_model(self.model, path, is_chief=self.is_chief) if self._can_save(path) else None
+        with self.evaluated():
+            return save_keras_model(self.model, path, is_chief=self.is_chief) if self._can_save(path) else None
 
     def restore_weights(self, path: str) -> None:
         """Loads weights written by `save_weights` (on every worker)."""
         self._checkpoint.read(path).expect_partial()
+        if self._ema is not None:
+            self._ema.reset_to_weights()
+
+    def get_weights(self) -> list:
+        """The evaluated weights, as `model.get_weights()` lists them (numpy arrays)."""
+        with self.evaluated():
+            return self.model.get_weights()
+
+    def set_weights(self, weights: list) -> None:
+        """Sets the model's weights (and, with an EMA, the average) to `weights` from `get_weights`."""
+        self.model.set_weights(weights)
+        if self._ema is not None:
+            self._ema.reset_to_weights()

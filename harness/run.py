@@ -21,6 +21,7 @@ from callbacks import (
     ModelCheckpoint,
     ProgressBar,
     ReduceLROnPlateau,
+    RollbackOnNaN,
     RunSummary,
     TensorBoard,
     TerminateOnNaN,
@@ -54,16 +55,23 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
         if config.reduce_lr_on_plateau_patience is not None:
             cbs.append(ReduceLROnPlateau(config.monitor, factor=config.reduce_lr_factor, mode=config.mode,
                                          patience=config.reduce_lr_on_plateau_patience, min_lr=config.min_lr,
-                                         min_delta=config.min_delta))
-        if config.terminate_on_nan:
+                                         min_delta=config.min_delta, monitor_freq=config.monitor_every))
+        if config.on_nan == "rollback":  # (it stops too, once it gives up)
+            cbs.append(RollbackOnNaN(config.divergence_threshold, lr_factor=config.rollback_lr_factor,
+                                     max_rollbacks=config.max_rollbacks))
+        elif config.terminate_on_nan:
             cbs.append(TerminateOnNaN())
         if config.early_stopping_patience is not None:
             cbs.append(EarlyStopping(config.monitor, min_delta=config.min_delta, mode=config.mode,
                                      patience=config.early_stopping_patience,
-                                     restore_best_weights=config.restore_best_weights))
+                                     restore_best_weights=config.restore_best_weights,
+                                     monitor_freq=config.monitor_every))
         if config.save_best_only:
-            cbs.append(ModelCheckpoint("best/epoch{epoch:04d}", monitor=config.monitor, mode=config.mode,
-                                       save_best_only=True, save_weights_only=True, max_to_keep=config.max_to_keep))
+            per_validation = config.monitor_every == "validation"
+            cbs.append(ModelCheckpoint("best/step{step:07d}" if per_validation else "best/epoch{epoch:04d}",
+                                       monitor=config.monitor, mode=config.mode, save_best_only=True,
+                                       save_weights_only=True, max_to_keep=config.max_to_keep,
+                                       save_freq="validation" if per_validation else "epoch"))
         if config.tensorboard:
             cbs.append(TensorBoard(config.tensorboard_dir, update_freq=config.update_freq or "epoch",
                                    histogram_freq=config.histogram_freq, profile_batch=config.profile_range()))
@@ -75,7 +83,9 @@ def build_callbacks(config: RunConfig, *, total_steps: int) -> list[Callback]:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return [*cbs, RunSummary(config.strategy)]
+    evaluated = {"ema_decay": config.ema_decay, "evaluated_with": "ema" if config.ema_decay else "weights",
+                 "gradient_accumulation_steps": config.gradient_accumulation_steps}
+    return [*cbs, RunSummary(config.strategy, evaluated)]
 
 
 OUTPUTS = ("checkpoints", "best", "early_stopping", "tensorboard", "metrics.csv", "summary.json", RUN_FILE,
@@ -147,14 +157,16 @@ def run(config: RunConfig, callbacks: list[Callback] | None = None) -> dict[str,
                           checkpoint_max_to_keep=config.max_to_keep, async_checkpoint=config.async_checkpoint,
                           checkpoint_every_n_steps=config.checkpoint_every_n_steps,
                           checkpoint_every_n_seconds=config.checkpoint_every_n_seconds, settings=config,
-                          checkpoint_dir=config.checkpoint_dir)
+                          checkpoint_dir=config.checkpoint_dir,
+                          gradient_accumulation_steps=config.gradient_accumulation_steps, ema_decay=config.ema_decay)
         steps_per_epoch = config.steps_per_epoch or train.steps_per_pass
         run_callbacks = [*(callbacks or []), *build_callbacks(config, total_steps=steps_per_epoch * config.epochs)]
         if config.export_dir:
             run_callbacks.insert(0, _CheckExportDir(config.export_dir))
         trainer.fit(train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                     validation_data=evaluation, validation_steps=evaluation.steps if evaluation else None,
-                    callbacks=run_callbacks, resume=not config.fresh)
+                    callbacks=run_callbacks, resume=not config.fresh,
+                    validation_every_n_steps=config.validation_every_n_steps)
         exported = _export(config, trainer, model, cluster)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -172,7 +184,8 @@ def _export(config: RunConfig, trainer: Trainer, model: keras.Model, cluster: Cl
         return {}
     if not trainer.trained_in_last_fit and tf.io.gfile.exists(f"{config.export_dir}/model.keras"):
         return {}
-    if not trainer.weights_are_finite():
-        log.warning("Not exporting: the model has non-finite weights.")
-        return {}
-    return export_model(model, config.export_dir, is_chief=cluster.is_chief)
+    with trainer.evaluated_weights():  # the EMA of the weights, with --ema_decay
+        if not trainer.weights_are_finite():
+            log.warning("Not exporting: the model has non-finite weights.")
+            return {}
+        return export_model(model, config.export_dir, is_chief=cluster.is_chief)

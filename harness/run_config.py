@@ -17,7 +17,7 @@ import dataclasses
 import math
 from typing import Any
 
-from callbacks.monitor import MODES
+from callbacks.monitor import MODES, MONITOR_FREQS
 from callbacks.schedules import SCHEDULES
 from harness.errors import UsageError
 from harness.metrics import METRICS, log_names
@@ -28,6 +28,8 @@ MATH, LAYOUT, LOCAL = "math", "layout", "local"
 MIXED_PRECISION = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 DEFAULT_DATASET = "digits"
 MAX_SEED = 2**32 - 1
+ON_NAN = ("stop", "rollback")
+ROLLBACK_DEFAULTS = {"divergence_threshold": None, "rollback_lr_factor": 1.0, "max_rollbacks": 3}
 
 
 def _field(default: Any, help: str, kind: str = LAYOUT, choices: tuple[str, ...] | None = None) -> Any:
@@ -70,6 +72,11 @@ class RunConfig:
     optimizer: str = _field("adam", "Optimizer.", MATH, tuple(OPTIMIZERS))
     learning_rate: float = _field(1e-3, "Base learning rate.", MATH)
     steps_per_execution: int = _field(1, "Steps per compiled loop call (K).")
+    gradient_accumulation_steps: int = _field(1, "Micro-batches per update: each update sums the gradients of this "
+                                              "many micro-batches of global_batch_size / N examples (less memory, "
+                                              "the same update).", MATH)
+    ema_decay: float | None = _field(None, "Keep an exponential moving average of the weights with this decay (e.g. "
+                                     "0.999) for validation, best checkpoints and the export; unset: off.", MATH)
     mixed_precision: str = _field("none", "Mixed precision policy.", MATH, tuple(MIXED_PRECISION))
     jit_compile: bool = _field(False, "Compile the step with XLA.")
     seed: int = _field(0, f"Seed for weights and data order, 0..{MAX_SEED}.", MATH)
@@ -119,6 +126,19 @@ class RunConfig:
                                                        "epochs; unset: off.", MATH)
     reduce_lr_factor: float = _field(0.1, "Factor of each plateau reduction, in (0, 1).", MATH)
     min_lr: float = _field(0.0, "Plateau reductions never go below this learning rate.", MATH)
+    validation_every_n_steps: int | None = _field(None, "Also validate at every multiple of N global steps (epoch "
+                                                  "ends always); unset: at epoch ends only.", MATH)
+    monitor_every: str = _field("epoch", "When early stopping, plateaus and best checkpoints look at --monitor: "
+                                "after every epoch, or after every validation (--validation_every_n_steps too; "
+                                "patience then counts validations).", MATH, MONITOR_FREQS)
+    on_nan: str = _field("stop", "On a non-finite loss: stop (with --terminate_on_nan), or roll back to the last "
+                         "checkpoint, skip the data that blew up and train on.", MATH, ON_NAN)
+    divergence_threshold: float | None = _field(None, "With --on_nan=rollback, also roll back when the loss exceeds "
+                                                "this.", MATH)
+    rollback_lr_factor: float = _field(1.0, "With --on_nan=rollback, multiply the learning rate by this at every "
+                                       "rollback, in (0, 1].", MATH)
+    max_rollbacks: int = _field(3, "With --on_nan=rollback, give up (one line, then stop) when the loss blows up "
+                                "again after this many rollbacks.", MATH)
 
     def validate(self) -> None:
         """Raises `UsageError` naming the first invalid field and the fix; needs no TensorFlow."""
@@ -130,7 +150,7 @@ class RunConfig:
                 raise UsageError(f"must be a finite number, got {value}", argument=f.name)
         _at_least(self, 1, "epochs", "steps_per_execution", "global_batch_size", "max_to_keep", "num_cpu_devices",
                   "checkpoint_every_n_steps")
-        _at_least(self, 1, "num_workers", "port")
+        _at_least(self, 1, "num_workers", "port", "gradient_accumulation_steps")
         _at_least(self, 0, "task_index", "steps_per_epoch", "update_freq", "histogram_freq", "warmup_steps",
                   "decay_steps", "early_stopping_patience", "reduce_lr_on_plateau_patience", "min_delta", "min_lr")
         _positive(self, "learning_rate", "lr_decay_rate", "checkpoint_every_n_seconds", "collective_timeout_s",
@@ -139,13 +159,32 @@ class RunConfig:
             raise UsageError(f"must be in 0..{MAX_SEED}, got {self.seed}", argument="seed")
         if not 0 < self.reduce_lr_factor < 1:
             raise UsageError(f"must be in (0, 1), got {self.reduce_lr_factor}", argument="reduce_lr_factor")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise UsageError(f"must be in (0, 1), e.g. 0.999, got {self.ema_decay}", argument="ema_decay")
+        if self.global_batch_size % self.gradient_accumulation_steps:
+            raise UsageError(f"is {self.gradient_accumulation_steps}, but global_batch_size {self.global_batch_size} "
+                             f"does not split into {self.gradient_accumulation_steps} micro-batches; use a multiple",
+                             argument="gradient_accumulation_steps")
         if not self.model_dir:
             raise UsageError("must not be empty", argument="model_dir")
+        self._validate_monitoring_and_recovery()
         known = log_names(tuple(METRICS))
         if self.monitor not in known:
             raise UsageError(f"is {self.monitor!r}, not a metric of this run; choose one of {', '.join(known)}",
                              argument="monitor")
         self.profile_range()
+
+    def _validate_monitoring_and_recovery(self) -> None:
+        _at_least(self, 1, "validation_every_n_steps")
+        _at_least(self, 0, "max_rollbacks")
+        if not 0 < self.rollback_lr_factor <= 1:
+            raise UsageError(f"must be in (0, 1], got {self.rollback_lr_factor}", argument="rollback_lr_factor")
+        if self.monitor_every == "validation" and not self.monitor.startswith("val_"):
+            raise UsageError(f"is validation, which acts on validation metrics, but monitor is {self.monitor!r}; "
+                             f"monitor val_{self.monitor}", argument="monitor_every")
+        for name, default in ROLLBACK_DEFAULTS.items():
+            if self.on_nan != "rollback" and getattr(self, name) != default:
+                raise UsageError(f"acts only with on_nan=rollback (on_nan is {self.on_nan})", argument=name)
 
     def cluster_flags(self) -> dict[str, Any]:
         """The flags that place this task in a job (see `harness.cluster_env.resolve_cluster`)."""

@@ -129,14 +129,21 @@ class SettingsDifferAcrossTasks(_SettingsError):
                "with the same flags"
 
 
-def check_resume(recorded: Record | None, current: Record, model_dir: str) -> list[tuple[str, Any, Any]]:
-    """Raises `SettingsChanged` when the mathematics differ; returns the layout differences (to log)."""
+def check_resume(recorded: Record | None, current: Record, model_dir: str,
+                 defaults: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """Raises `SettingsChanged` when the mathematics differ; returns the layout differences (to log).
+
+    A setting the record does not have (written before the setting existed) counts as its
+    default in `defaults`, so a new setting left at its default never refuses an older run.
+    """
     if recorded is None:
         return []
-    math = differences(recorded.get(MATH, {}), current[MATH])
+    older = {kind: {**{k: v for k, v in normalise(dict(defaults or {})).items() if k in current[kind]},
+                    **recorded.get(kind, {})} for kind in (MATH, LAYOUT)}
+    math = differences(older[MATH], current[MATH])
     if math:
         raise SettingsChanged(model_dir, math)
-    return differences(recorded.get(LAYOUT, {}), current[LAYOUT])
+    return differences(older[LAYOUT], current[LAYOUT])
 
 
 def check_same_job(chief: Record, mine: Record, me: str, ignore: tuple[str, ...] = ()) -> None:

@@ -29,18 +29,29 @@ class RunState:
     step_in_epoch: int = 0
     stop_reason: str | None = None  # the run ended early and is finished (a callback's stop, a failure)
     signal: str | None = None  # stopped by this signal: a rerun resumes (not finished)
+    # The rollbacks so far (see harness.rollback): each skipped a window [start, stop) of data positions.
+    rollbacks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def data_offset(self) -> int:
+        """How many batches of data the rollbacks skipped: the data position is `global_step` plus this."""
+        return sum(stop - start for start, stop in (r["skipped"] for r in self.rollbacks))
 
     def finished(self, epochs: int) -> bool:
         return self.stop_reason is not None or self.epochs_completed >= epochs
 
     def progress(self, callbacks_state: dict[str, Any], settings: dict[str, Any]) -> str:
         """The progress record stored in a checkpoint (the signal is not stored: a rerun resumes)."""
-        return json.dumps({"epochs_completed": self.epochs_completed, "step_in_epoch": self.step_in_epoch,
-                           "stop_reason": self.stop_reason, "callbacks": callbacks_state, "settings": settings})
+        record = {"epochs_completed": self.epochs_completed, "step_in_epoch": self.step_in_epoch,
+                  "stop_reason": self.stop_reason, "callbacks": callbacks_state, "settings": settings}
+        if self.rollbacks:
+            record["rollbacks"] = self.rollbacks
+        return json.dumps(record)
 
     def restore(self, global_step: int, progress: dict[str, Any]) -> None:
         self.global_step, self.epochs_completed = global_step, progress["epochs_completed"]
         self.step_in_epoch, self.stop_reason, self.signal = progress["step_in_epoch"], progress["stop_reason"], None
+        self.rollbacks = [dict(r) for r in progress.get("rollbacks", [])]
 
 
 def read_run_file(model_dir: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ a tensor, so neither K nor the epoch ever retraces it (the Orbit pattern). The o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,10 +18,12 @@ import tensorflow as tf
 from callbacks.base import Callback
 from callbacks.history import History
 from harness import tf_compat
+from harness.accumulation import ACCUMULATE, APPLY, GradientAccumulator, check_split
 from harness.checkpointing import Checkpointer
 from harness.cluster import ClusterInfo
 from harness.controller import Controller
-from harness.data import DatasetFn, accepts_start_step, per_replica_batch_size
+from harness.data import DatasetFn, per_replica_batch_size, training_input
+from harness.ema import WeightAverage, check_decay
 from harness.errors import UsageError
 from harness.learning_rate import LearningRate
 from harness.mean_metrics import MeanMetrics
@@ -90,6 +93,9 @@ class Trainer:
     `settings` are this run's own settings (a `harness.run_config.RunConfig`, or a mapping of
     hyper-parameters): recorded in model_dir, and a resume with other values is refused.
     Training checkpoints go to `checkpoint_dir` (default `<model_dir>/checkpoints`).
+    `gradient_accumulation_steps=A` makes each update from A micro-batches of `global_batch_size / A`
+    (see `harness.accumulation`); `ema_decay` keeps an EMA of the weights that validation, best
+    weights and the export use (see `harness.ema`).
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
@@ -98,7 +104,8 @@ class Trainer:
                  jit_compile: bool = False, model_dir: str | None = None,
                  checkpoint_max_to_keep: int | None = 3, async_checkpoint: bool = False,
                  checkpoint_every_n_steps: int | None = None, checkpoint_every_n_seconds: float | None = None,
-                 cluster: ClusterInfo | None = None, settings: Any = None, checkpoint_dir: str | None = None):
+                 cluster: ClusterInfo | None = None, settings: Any = None, checkpoint_dir: str | None = None,
+                 gradient_accumulation_steps: int = 1, ema_decay: float | None = None):
         if steps_per_execution < 1:
             raise UsageError(f"must be >= 1, got {steps_per_execution}", argument="steps_per_execution")
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
@@ -113,6 +120,9 @@ class Trainer:
         if jit_compile:
             _check_xla_devices(strategy)
         per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # an uneven split is a clear error
+        check_split(global_batch_size, gradient_accumulation_steps, self.cluster.num_replicas)
+        check_decay(ema_decay)
+        self.accumulation_steps = gradient_accumulation_steps
         self.metric_fns = dict(metrics if metrics is not None else METRICS)
         _check_created_in_scope(strategy, model)
         _warn_unsynchronised_batch_norm(model, self.cluster.num_replicas)
@@ -123,6 +133,9 @@ class Trainer:
             # Keras creates slot variables lazily, which fails inside a distributed trace.
             optimizer.build(model.trainable_variables)
             self._step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.accumulator = (GradientAccumulator(strategy, model.trainable_variables, gradient_accumulation_steps)
+                            if gradient_accumulation_steps > 1 else None)
+        self.ema = WeightAverage(strategy, model, ema_decay) if ema_decay is not None else None
         self.optimizer = optimizer
         self.optimizer_config = optimizer.get_config()  # as the user built it (its rate is assigned every step)
         self.learning_rate = LearningRate(strategy, optimizer)
@@ -134,14 +147,16 @@ class Trainer:
         self.trained_in_last_fit = False  # False when the last fit found its run already finished
         self.controller: Controller | None = None  # the last fit's outer loop (its callbacks, for inspection)
         self.history = History()
-        self.saver = ModelSaver(model, is_chief=self.cluster.is_chief, weights_are_finite=self.weights_are_finite)
+        self.saver = ModelSaver(model, is_chief=self.cluster.is_chief, weights_are_finite=self.weights_are_finite,
+                                ema=self.ema)
         # Position, callback state, history and settings, as JSON: a string variable (not a
         # PythonState) so that asynchronous checkpoints carry it too.
         self._progress = tf.Variable("", dtype=tf.string, trainable=False, name="progress")
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, global_step=self._step_variable,
             learning_rate_base=self.learning_rate.base, learning_rate_scale=self.learning_rate.scale,
-            train_metrics=self.train_metrics.variable, progress=self._progress)
+            train_metrics=self.train_metrics.variable, progress=self._progress,
+            **({"ema": self.ema.trackable} if self.ema else {}))
         checkpoint_dir = checkpoint_dir or (f"{model_dir}/checkpoints" if model_dir else None)
         self.checkpointer = (Checkpointer(self.checkpoint, checkpoint_dir, is_chief=self.cluster.is_chief,
                                           max_to_keep=checkpoint_max_to_keep, enable_async=async_checkpoint)
@@ -174,14 +189,16 @@ class Trainer:
     # ----- the step (replica context) -------------------------------------------------------------
 
     def compute_loss(self, per_example_loss: tf.Tensor, sample_weight: tf.Tensor | None = None) -> tf.Tensor:
-        """This replica's share of the objective: the global-batch mean loss plus its share of regularisation."""
+        """This replica's share of the objective: the global-batch mean loss plus its share of regularisation
+        (of a micro-batch's share, with gradient accumulation: the loss is still divided by the global batch)."""
         if per_example_loss.shape.rank == 0:
             raise UsageError("the loss returned a scalar; it must return per-example losses "
                              "(e.g. keras.losses.SparseCategoricalCrossentropy(reduction=None))")
         loss = tf.nn.compute_average_loss(per_example_loss, sample_weight=sample_weight,
                                           global_batch_size=self.global_batch_size)
         if self.model.losses:
-            loss += tf.nn.scale_regularization_loss(self.regularization_loss())
+            regularization = tf.nn.scale_regularization_loss(self.regularization_loss())
+            loss += regularization / self.accumulation_steps if self.accumulation_steps > 1 else regularization
         return loss
 
     def regularization_loss(self) -> tf.Tensor:
@@ -203,11 +220,16 @@ class Trainer:
         across replicas first. Pass `already_reduced=True` for gradients that are already the
         global sum on every replica (after `all_reduce_gradients`, e.g. to clip the global
         norm): Keras's `optimizer.apply` would sum those again, an N-times update on N replicas.
-        Under float16 loss scaling the skip-on-overflow decision then sees the global gradient.
+        Under float16 loss scaling the skip-on-overflow decision then sees the global gradient. With
+        gradient accumulation it adds `grads` to this update's sums, and applies them at its last micro-batch.
         """
         variables = list(variables if variables is not None else self.model.trainable_variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         grads, variables = [tf.convert_to_tensor(g) for g, _ in pairs], [v for _, v in pairs]
+        if self.accumulator is not None:
+            grads = self.accumulator.combine(grads, variables, already_reduced)
+            if grads is None:
+                return  # an accumulating micro-step
         if not already_reduced:
             grads = self.all_reduce_gradients(grads)
         with tf_compat.gradients_already_reduced(self.optimizer):
@@ -251,12 +273,21 @@ class Trainer:
         return tf.function(fn, jit_compile=True) if self.jit_compile else fn
 
     def _make_train_loop(self) -> Callable:
+        accumulator, ema, micro_fn = self.accumulator, self.ema, None
         step_fn = self._replica_fn(self.train_step)
+        if accumulator is not None:  # A-1 accumulating micro-steps, then one that applies (harness.accumulation)
+            micro_fn = self._replica_fn(accumulator.micro_step(self.train_step, ACCUMULATE))
+            step_fn = self._replica_fn(accumulator.micro_step(self.train_step, APPLY))
 
         def loop(iterator, num_steps):
             for _ in tf.range(num_steps):
                 self.learning_rate.apply(self._step_variable)
+                if micro_fn is not None:
+                    for _ in tf.range(accumulator.steps - 1):
+                        self.strategy.run(micro_fn, args=(next(iterator),))
                 self.strategy.run(step_fn, args=(next(iterator),))
+                if ema is not None:
+                    ema.update(self._step_variable)
                 self._step_variable.assign_add(1)
 
         return tf.function(loop)
@@ -283,26 +314,29 @@ class Trainer:
         return self._train_loop.experimental_get_tracing_count() if self._train_loop else 0
 
     def distribute(self, dataset_fn: DatasetFn, start_step: int = 0):
-        """The distributed dataset of `dataset_fn`, starting after `start_step` consumed global batches."""
-        if accepts_start_step(dataset_fn):
-            fn = lambda ctx: dataset_fn(ctx, start_step=start_step)
-        else:
-            fn = lambda ctx: dataset_fn(ctx).skip(start_step * (ctx.num_replicas_in_sync
-                                                                // ctx.num_input_pipelines))
-        return self.strategy.distribute_datasets_from_function(fn)
+        """The distributed training dataset of `dataset_fn` after `start_step` updates (in micro-batches
+        with gradient accumulation: see `harness.data.training_input`)."""
+        return self.strategy.distribute_datasets_from_function(
+            training_input(dataset_fn, start_step, self.accumulation_steps))
+
+    def evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """Inside it the model holds the weights that validation, best weights and the export use: the EMA
+        when `ema_decay` is set (swapped in by assignment, and back out bitwise), else the weights."""
+        return self.saver.evaluated()
 
     # ----- evaluation, saving, fitting ------------------------------------------------------------
 
     def evaluate(self, dataset_fn: DatasetFn, steps: int, callbacks=None) -> dict[str, float]:
-        """Runs `steps` evaluation steps; returns the aggregated metrics."""
+        """Runs `steps` evaluation steps on the evaluated weights (the EMA, if on); returns the aggregated metrics."""
         if steps < 1:
             raise UsageError(f"must be >= 1, got {steps}", argument="validation_steps")
         if callbacks:
             callbacks.on_test_begin()
         self.eval_metrics.reset()
-        iterator = iter(self.distribute(dataset_fn))
-        for start in range(0, steps, self.steps_per_execution):
-            self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        with self.evaluated_weights():
+            for start in range(0, steps, self.steps_per_execution):
+                self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
         logs = self.eval_metrics.result()
         if callbacks:
             callbacks.on_test_end(logs)
@@ -327,14 +361,19 @@ class Trainer:
 
     def fit(self, train_data: DatasetFn, *, epochs: int, steps_per_epoch: int,
             validation_data: DatasetFn | None = None, validation_steps: int | None = None,
-            callbacks: Sequence[Callback] | Callback = (), resume: bool = True) -> History:
+            callbacks: Sequence[Callback] | Callback = (), resume: bool = True,
+            validation_every_n_steps: int | None = None) -> History:
         """Trains for `epochs` epochs of `steps_per_epoch` steps, resuming from `model_dir` if it has a checkpoint.
 
         `train_data(input_context[, start_step])` returns this input pipeline's per-replica
         batches, endlessly (see `harness.data.TrainInput`, which can start mid-stream).
         With `resume` (the default) it continues from the newest checkpoint in model_dir.
+        `callbacks` are `callbacks.Callback`s or `keras.callbacks.Callback`s (see `callbacks.KerasCallback`).
+        `validation_every_n_steps=N` also validates at every multiple of N global steps (see
+        `harness.validation_schedule`).
         """
         self.controller = Controller(self, train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                      validation_data=validation_data, validation_steps=validation_steps,
-                                     callbacks=callbacks, resume=resume)
+                                     callbacks=callbacks, resume=resume,
+                                     validation_every_n_steps=validation_every_n_steps)
         return self.controller.run()

@@ -2,7 +2,8 @@
 
 The trainer knows the mathematics it runs without being told: the model's variables and
 dtype policy, the optimizer's and the loss's configuration, the global batch, the epoch
-length, the training data's order, and the configuration of the callbacks that decide
+length, gradient accumulation, the EMA's decay (its averages are in the checkpoint), the
+training data's order, and the configuration of the callbacks that decide
 (`Callback.get_config`). The user's own settings (a `RunConfig`, or a mapping of
 hyper-parameters) are added on top, by name.
 """
@@ -46,6 +47,13 @@ def user_record(settings: Any) -> run_record.Record | None:
     raise TypeError(f"settings must be a RunConfig or a mapping of names to values, got {type(settings).__name__}")
 
 
+def settings_defaults(settings: Any) -> dict[str, Any]:
+    """The default of each of a `RunConfig`'s settings (for records written before a setting existed)."""
+    if not dataclasses.is_dataclass(settings):
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(settings) if f.default is not dataclasses.MISSING}
+
+
 def settings_record(trainer: Trainer, plan: FitPlan, callbacks: CallbackList, train_data: Any,
                     settings: Any) -> run_record.Record:
     model = trainer.model
@@ -61,6 +69,13 @@ def settings_record(trainer: Trainer, plan: FitPlan, callbacks: CallbackList, tr
     }
     if hasattr(train_data, "describe"):
         math["train_data"] = train_data.describe()
+    # Recorded only when on, so that runs recorded before these options existed still resume.
+    if trainer.accumulation_steps > 1:
+        math["gradient_accumulation_steps"] = trainer.accumulation_steps
+    if trainer.ema is not None:
+        math["ema_decay"] = trainer.ema.decay
+    if plan.validation_every_n_steps:  # (when the callbacks act per validation, it shapes the run)
+        math["validation_every_n_steps"] = plan.validation_every_n_steps
     layout = {"strategy": type(trainer.strategy).__name__, "num_replicas": trainer.cluster.num_replicas,
               "num_workers": trainer.cluster.num_workers, "steps_per_execution": plan.steps_per_execution,
               "jit_compile": trainer.jit_compile, "epochs": plan.epochs}

@@ -64,6 +64,26 @@ def trainer(strategy, source, model_dir, linear=False, trainer_cls=harness.Train
                        model_dir=model_dir)
 
 
+def accumulate(strategy, source, train, out_dir, is_chief):
+    """One epoch with 1 and 4 micro-batches per update, SGD and Adam, and an EMA: the chief saves the weights and
+    the averages (`weights` then `averages` in arr_0..) for the test to compare."""
+    for name, learning_rate in (("SGD", 0.1), ("Adam", 1e-3)):
+        for steps in (1, 4):
+            keras.utils.set_random_seed(0)
+            with strategy.scope():
+                model = harness.build_model("mlp", source.input_shape, source.num_classes)
+                optimizer = getattr(keras.optimizers, name)(learning_rate)
+            t = harness.Trainer(strategy, model, optimizer, LOSS, global_batch_size=32, steps_per_execution=3,
+                                gradient_accumulation_steps=steps, ema_decay=0.9)
+            t.fit(train, epochs=1, steps_per_epoch=train.steps_per_pass)
+            if is_chief:
+                np.savez(f"{out_dir}/accumulate_{name}_{steps}.npz", *t.model.get_weights(),
+                         *[v.numpy() for v in t.ema.averages])
+            report(f"accumulate_{name}_{steps}", t)
+            print("RESULT " + json.dumps({"phase": f"iterations_{name}_{steps}", "worker": t.cluster.worker_index,
+                                          "step": int(t.optimizer.iterations.numpy())}), flush=True)
+
+
 def nan_on_pipeline(train, pipeline, after_steps):
     """Batches of one input pipeline (one worker) turn NaN after `after_steps` steps."""
 
@@ -106,6 +126,8 @@ def main(out_dir, data_dir):
         if info.is_chief:
             np.savez(f"{out_dir}/{name}.npz", *t.model.get_weights())
         report(name, t)
+
+    accumulate(strategy, source, train, out_dir, info.is_chief)
 
     t = trainer(strategy, source, f"{out_dir}/straggler")
     t.fit(train, epochs=2, steps_per_epoch=4, callbacks=[

@@ -121,7 +121,7 @@ def test_csv_logger_writes_a_header_once_and_a_row_per_epoch(digits, tmp_path):
     trainer = fit(digits, [CSVLogger(separator=";")], epochs=3, steps_per_epoch=4, model_dir=str(tmp_path))
     rows = read_csv(tmp_path / "metrics.csv", ";")
     assert rows[0] == ["epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss"]
-    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3"]  # epochs count from 1 wherever a person reads them
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(trainer.history.history["loss"])
 
 
@@ -130,7 +130,7 @@ def test_csv_logger_append_keeps_earlier_rows_and_one_header(digits, tmp_path):
     fit(digits, [CSVLogger(path)], epochs=2, steps_per_epoch=2)
     fit(digits, [CSVLogger(path, append=True)], epochs=1, steps_per_epoch=2)
     rows = read_csv(path)
-    assert [r[0] for r in rows] == ["epoch", "0", "1", "0"]
+    assert [r[0] for r in rows] == ["epoch", "1", "2", "1"]
 
 
 def nan_after(source, good_batches):
@@ -250,6 +250,6 @@ def test_early_stopping_restores_the_best_weights_and_reports_in_summary_json(di
         np.testing.assert_array_equal(a, b)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stop_reason"] == "early stopping: val_loss did not improve for 2 epochs (best 1 at epoch 2)"
-    assert summary["best"]["EarlyStopping"] == {"monitor": "val_loss", "value": 1.0, "epoch": 1}
+    assert summary["best"]["EarlyStopping"] == {"monitor": "val_loss", "value": 1.0, "epoch": 2}
     assert summary["epochs_completed"] == 4 and summary["global_step"] == 12
     assert len(summary["history"]["val_loss"]) == 4

@@ -84,4 +84,12 @@ def test_every_worker_learns_every_workers_busy_time():
 
 
 def test_the_vote_vector_is_small():
-    assert Layout(num_workers=2, num_savers=8).size == 3 * 2 + 8 + 4
+    assert Layout(num_workers=2, num_savers=8).size == 4 * 2 + 8 + 4
+
+
+def test_a_rollback_asked_by_one_worker_is_taken_by_all_with_the_lowest_voters_factor():
+    decision = agree([Votes(), Votes(rollback_reason="nan at step 8", rollback_lr_factor=0.5),
+                      Votes(rollback_reason="nan", rollback_lr_factor=0.25)])
+    assert decision.rollback and decision.rollback_voters == (1, 2) and decision.rollback_lr_factor == 0.5
+    assert not decision.stop  # a rollback is not a stop
+    assert not agree([Votes(), Votes()]).rollback and agree([Votes()]).rollback_lr_factor == 1.0

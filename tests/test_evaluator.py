@@ -93,9 +93,9 @@ def test_every_checkpoint_is_evaluated_once_in_order_and_equals_an_offline_evalu
     assert summary["stop_reason"] == "evaluated the final checkpoint (step 10) of the finished run"
     records = evaluations(model_dir)
     assert [r["step"] for r in records] == steps  # each once, in order of global step
-    assert [r["epoch"] for r in records] == [s // 5 for s in steps]  # epochs completed at that checkpoint
+    assert [r["epochs_completed"] for r in records] == [s // 5 for s in steps]  # epochs completed at that checkpoint
     assert {r["checkpoint"] for r in records} == {f"{checkpoint_dir}/ckpt-{s}" for s in steps}
-    assert set(records[0]) == {"step", "epoch", "checkpoint", "stop_reason", "val_loss", "val_accuracy"}
+    assert set(records[0]) == {"step", "epochs_completed", "checkpoint", "stop_reason", "val_loss", "val_accuracy"}
     assert_equal_to_offline(records, checkpoint_dir, digits, 32, steps)
     # The last epoch's validation, as training logged it, is the final checkpoint's evaluation.
     assert records[-1]["val_loss"] == pytest.approx(trained["history"]["val_loss"][-1], abs=1e-6)
@@ -156,7 +156,7 @@ def test_checkpoints_deleted_before_it_listed_them_are_reported_as_a_gap(tmp_pat
     assert checkpoints_on_disk(f"{model_dir}/checkpoints") == [4, 5]
     (model_dir / "evaluator").mkdir()  # an earlier run of the evaluator saw step 1 only, then stopped
     (model_dir / "evaluator" / "evaluations.jsonl").write_text(json.dumps(
-        {"step": 1, "epoch": 0, "checkpoint": f"{model_dir}/checkpoints/ckpt-1", "stop_reason": None,
+        {"step": 1, "epochs_completed": 0, "checkpoint": f"{model_dir}/checkpoints/ckpt-1", "stop_reason": None,
          "val_loss": 2.3, "val_accuracy": 0.1}) + "\n")
     job = resolve_cluster({"TF_CONFIG": EVALUATOR_TF_CONFIG})
     with caplog.at_level("WARNING"):

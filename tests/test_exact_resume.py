@@ -188,3 +188,15 @@ def test_settings_given_to_the_trainer_are_recorded_and_checked(digits, tmp_path
     with pytest.raises(SettingsChanged, match="dropout 0.1 -> 0.2"):
         make_trainer(strategy("default"), digits, model_dir=str(tmp_path), settings={"dropout": 0.2}).fit(
             train_input(digits), epochs=2, steps_per_epoch=2)
+
+
+def test_the_csv_has_every_epoch_once_even_when_logging_was_off_for_a_while(digits, tmp_path):
+    from callbacks import CSVLogger
+
+    for epochs, callbacks in ((1, [CSVLogger()]), (2, []), (3, [CSVLogger()])):
+        trainer = make_trainer(strategy("default"), digits, model_dir=str(tmp_path))
+        trainer.fit(train_input(digits), epochs=epochs, steps_per_epoch=STEPS, callbacks=callbacks)
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["1", "2", "3"]
+    losses = [float(row.split(",")[header.split(",").index("loss")]) for row in rows]
+    assert losses == trainer.history.history["loss"]

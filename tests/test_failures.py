@@ -622,7 +622,7 @@ def test_after_a_full_disk_the_rerun_resumes_and_logs_every_epoch_once(workspace
     summary = run(config)  # the same command again, with space
     assert summary["global_step"] == 4 and summary["epochs_completed"] == 2
     rows = (Path(config.model_dir) / "metrics.csv").read_text().splitlines() if config.csv_log else []
-    assert [row.split(",")[0] for row in rows] == (["epoch", "0", "1"] if config.csv_log else [])
+    assert [row.split(",")[0] for row in rows] == (["epoch", "1", "2"] if config.csv_log else [])
     assert json.loads((Path(config.model_dir) / "summary.json").read_text())["global_step"] == 4
     if config.export_dir:
         assert (Path(config.export_dir) / "model.keras").exists()
@@ -667,7 +667,7 @@ def test_a_damaged_file_is_recovered_from_with_one_warning(workspace, damage, na
     assert TRACEBACK not in caplog.text
     if name == "metrics.csv":  # kept for the user, and a fresh file of this run's epochs
         assert (workspace.model_dir / "metrics.csv.damaged-1").read_bytes() == damaged
-        assert [r.split(",")[0] for r in (workspace.model_dir / name).read_text().splitlines()] == ["epoch", "1"]
+        assert [r.split(",")[0] for r in (workspace.model_dir / name).read_text().splitlines()] == ["epoch", "1", "2"]
     elif name == "summary.json":
         assert json.loads((workspace.model_dir / name).read_text())["global_step"] == 4
     elif name == "checkpoints/checkpoint":

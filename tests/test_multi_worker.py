@@ -17,9 +17,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
+from harness import TrainInput
 from harness.launch import LocalCluster, launch, local_cluster, tf_config
 from harness.run import RunConfig, run
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_trainer
+from tests.conftest import strategy as tf_strategy
 from tests.test_custom_steps import EXAMPLES, one_step
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -66,7 +68,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data_
         assert len([f for f in files if f.startswith(f"tensorboard/{name}/events") and f.endswith(".v2")]) == 1
         assert len([f for f in files if f.startswith(f"tensorboard/{name}/events") and f.endswith(".restart")]) == 1
     rows = list(csv.reader(open(model_dir / "metrics.csv")))
-    assert [r[0] for r in rows] == ["epoch", "0", "1", "2"]
+    assert [r[0] for r in rows] == ["epoch", "1", "2", "3"]
     cluster = json.loads((model_dir / "summary.json").read_text())
     assert (cluster["num_workers"], cluster["num_replicas"]) == (2, 2)
 
@@ -128,6 +130,20 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, 
         reference, _ = one_step(trainer_cls, "default", None, digits)
         for i, expected in enumerate(reference):
             np.testing.assert_allclose(cluster[f"arr_{i}"], expected, rtol=0, atol=1e-6)
+    # Gradient accumulation: 4 micro-batches make the update of one global batch on 2 workers (SGD and Adam), with
+    # one optimizer step per update; the EMA of the weights is the same too, and equals one process's.
+    for name in ("SGD", "Adam"):
+        one, four = (np.load(tmp_path / f"accumulate_{name}_{steps}.npz") for steps in (1, 4))
+        for key in one:
+            np.testing.assert_allclose(four[key], one[key], rtol=0, atol=1e-6, err_msg=f"{name} {key}")
+        steps = results[(f"accumulate_{name}_4", 0)]["step"]  # the global step: one epoch's updates
+        assert [results[(f"iterations_{name}_4", w)]["step"] for w in (0, 1)] == [steps, steps]
+    reference = make_trainer(tf_strategy("mirrored", 2), digits, ema_decay=0.9, steps_per_execution=3)
+    reference.fit(TrainInput(digits.train_examples, digits.num_train_examples, 32), epochs=1, steps_per_epoch=steps)
+    four = np.load(tmp_path / "accumulate_SGD_4.npz")
+    single = [*reference.model.get_weights(), *[v.numpy() for v in reference.ema.averages]]
+    for i, expected in enumerate(single):
+        np.testing.assert_allclose(four[f"arr_{i}"], expected, rtol=0, atol=1e-6)
     # The straggler view names the worker that is slow outside the step, in summary.json, TensorBoard and
     # the progress line; the others' busy time is the step alone (2 loops of 2 steps per epoch, 0.3 s asleep each;
     # the first epoch's also holds the tracing of the step).

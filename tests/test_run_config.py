@@ -92,3 +92,12 @@ def test_tasks_of_one_job_must_agree_on_everything_but_the_data_location():
     assert e.value.as_flag().startswith("worker:1 was started with other settings than the chief: "
                                         "--steps_per_execution is 2 here but 1 on the chief")
     assert "\n" not in str(e.value)
+
+
+def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default():
+    recorded = record(RunConfig())
+    del recorded[MATH]["seed"]  # as if the run was recorded before --seed existed
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    assert run_record.check_resume(recorded, record(RunConfig()), "x", defaults) == []
+    with pytest.raises(run_record.SettingsChanged, match="seed 0 -> 7"):
+        run_record.check_resume(recorded, record(RunConfig(seed=7)), "x", defaults)

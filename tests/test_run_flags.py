@@ -47,6 +47,9 @@ def config(cb):
     ("update_freq", 25, {TensorBoard: ("update_freq", 25)}),
     ("histogram_freq", 2, {TensorBoard: ("histogram_freq", 2)}),
     ("tensorboard_dir", "/tmp/tb", {TensorBoard: ("log_dir", "/tmp/tb")}),
+    ("monitor_every", "validation", {EarlyStopping: ("monitor_freq", "validation"),
+                                     ReduceLROnPlateau: ("monitor_freq", "validation"),
+                                     ModelCheckpoint: ("save_freq", "validation")}),
 ])
 def test_a_flag_reaches_each_callback_it_configures(flag, value, reaches):
     callbacks = built(**{flag: value})
