@@ -212,6 +212,10 @@ class Controller:
             callbacks.on_epoch_end(epoch, logs)
             context.request_checkpoint()
             self._decide(context, EPOCH_END)
+        closing = time.monotonic()
+        iterator = None  # tf.data's destructor joins the input pipeline's threads: here, timed, not at a later GC
+        if time.monotonic() - closing > 1.0:
+            log.info("Waited %.1f s for the input pipeline's threads to stop.", time.monotonic() - closing)
         callbacks.on_train_end(logs)
         if trainer.checkpointer is not None:
             trainer.checkpointer.sync()

@@ -7,8 +7,8 @@ A process whose task type is `evaluator` (TF_CONFIG, Vertex AI's workerpool3,
 writes only its own files:
 
 - `<model_dir>/evaluator/evaluations.jsonl`: one JSON object per evaluated checkpoint (`step`,
-  `epochs_completed` (at that checkpoint), `checkpoint`, `stop_reason`, every `val_*`
-  metric). It is the record of what was done: a line is added (the file rewritten atomically)
+  `epoch` (1-based: the epoch its step belongs to), `epochs_completed`, `checkpoint`, `stop_reason`,
+  every `val_*` metric). It is the record of what was done: a line is added (the file rewritten atomically)
   after the checkpoint's other outputs, so a restarted evaluator skips exactly what it holds.
 - `<tensorboard_dir>/evaluator`: `epoch_<metric>` scalars at the checkpoint's global step, the
   names training's `validation/` curves use, so TensorBoard overlays them.
@@ -223,7 +223,9 @@ class Evaluator:
         if progress is None:
             return None
         metrics = trainer.evaluate(self.eval_input, self.eval_input.steps)
-        record = {"step": step_of(path), "epochs_completed": int(progress["epochs_completed"]), "checkpoint": path,
+        done = int(progress["epochs_completed"])
+        record = {"step": step_of(path), "epoch": done + (1 if progress.get("step_in_epoch") else 0),
+                  "epochs_completed": done, "checkpoint": path,
                   "stop_reason": progress.get("stop_reason"),
                   **{f"val_{name}": float(value) for name, value in metrics.items()}}
         with WATCHER.deferring():  # a signal now waits until the record is complete

@@ -21,6 +21,7 @@ from harness import tf_compat
 from harness.accumulation import ACCUMULATE, APPLY, GradientAccumulator, check_split
 from harness.checkpointing import Checkpointer
 from harness.cluster import ClusterInfo
+from harness.compiled import compiled
 from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
 from harness.ema import WeightAverage, check_decay
@@ -163,7 +164,7 @@ class Trainer:
                              if checkpoint_dir else None)
         self._train_loop: Callable | None = None
         self._traced_schedule: Any = None
-        self._eval_loop = tf.function(self._eval_steps)
+        self._eval_loop = compiled(self._eval_steps)
         self._num_steps: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
@@ -290,7 +291,7 @@ class Trainer:
                     ema.update(self._step_variable)
                 self._step_variable.assign_add(1)
 
-        return tf.function(loop)
+        return compiled(loop)
 
     def _eval_steps(self, iterator, num_steps):
         step_fn = self._replica_fn(self.test_step)

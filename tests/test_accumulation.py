@@ -35,6 +35,7 @@ def assert_close(a, b, atol=1e-6):
 
 
 @pytest.mark.parametrize("optimizer, learning_rate, k", [("sgd", 0.1, 1), ("adam", 1e-3, 5)])
+@pytest.mark.slow
 def test_four_micro_batches_make_the_update_of_one_global_batch(digits, optimizer, learning_rate, k):
     data = train_input(digits)
     runs = {}
@@ -51,6 +52,7 @@ def test_four_micro_batches_make_the_update_of_one_global_batch(digits, optimize
     assert runs[4].history.history["loss"] == pytest.approx(runs[1].history.history["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_plain_dataset_function_is_cut_into_micro_batches_of_the_same_examples(digits):
     train = train_input(digits)
     plain = lambda ctx: train(ctx)  # takes neither start_step nor micro_batches

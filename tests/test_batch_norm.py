@@ -30,6 +30,7 @@ def moving_statistics(trainer):
     return [v for v in trainer.model.non_trainable_variables if "moving" in v.path]
 
 
+@pytest.mark.slow
 def test_synchronised_batch_norm_trains_as_one_device_and_keeps_one_set_of_statistics(digits, tmp_path):
     one = fit(small_bn_trainer(strategy("default")), digits)
     two = fit(small_bn_trainer(strategy("mirrored", 2), str(tmp_path)), digits)

@@ -66,6 +66,7 @@ def test_early_stopping_criteria_stop_at_the_same_epoch_as_keras(sequence, optio
     assert our_early_stopping_epoch(values, options) == keras_early_stopping_epoch(values, options)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_training_at_the_epoch_its_criteria_say(digits):
     values, options = SEQUENCES["plateau"], {"patience": 2}
     trainer = fit(digits, [InjectMonitor("val_loss", values), EarlyStopping(**options)], epochs=len(values),
@@ -104,6 +105,7 @@ def test_plateau_criteria_reduce_at_the_same_epochs_as_keras(sequence, options):
     np.testing.assert_allclose(rates, keras_plateau_rates(values, options), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_reduce_lr_on_plateau_changes_the_trainers_rate_when_its_criteria_say(digits):
     sequence, options = PLATEAU_CASES[1]
     values = SEQUENCES[sequence]
@@ -114,6 +116,7 @@ def test_reduce_lr_on_plateau_changes_the_trainers_rate_when_its_criteria_say(di
     np.testing.assert_allclose(rates, keras_plateau_rates(values, options), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_reduce_lr_on_plateau_composes_with_a_per_step_schedule(digits):
     """Keras raises a TypeError here; the harness scales the schedule."""
     schedule = schedules.Cosine(0.01, decay_steps=100)
@@ -152,6 +155,7 @@ def test_per_step_schedule_runs_in_graph_every_step(digits):
     assert trainer.train_loop_traces == 1
 
 
+@pytest.mark.slow
 def test_keras_style_epoch_schedule(digits):
     trainer = fit(digits, [LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))], epochs=3, steps_per_epoch=2)
     assert trainer.history.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])

@@ -49,6 +49,7 @@ def restored_weights(source, path):
     return [v.numpy() for v in model.trainable_variables]
 
 
+@pytest.mark.slow
 def test_model_checkpoint_save_best_only_saves_the_improving_epochs(digits, tmp_path):
     recorder = RecordWeights()
     checkpoint = ModelCheckpoint("best/epoch{epoch}", save_best_only=True, save_weights_only=True)
@@ -82,6 +83,7 @@ def test_model_checkpoint_rejects_a_full_model_path_without_keras_suffix():
         ModelCheckpoint("model.h5")
 
 
+@pytest.mark.slow
 def test_tensorboard_writes_epoch_and_batch_scalars_at_the_global_step(digits, tmp_path):
     trainer = fit(digits, [TensorBoard(update_freq=5, histogram_freq=1)], epochs=3, steps_per_epoch=10,
                   model_dir=str(tmp_path))
@@ -125,6 +127,7 @@ def test_csv_logger_writes_a_header_once_and_a_row_per_epoch(digits, tmp_path):
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(trainer.history.history["loss"])
 
 
+@pytest.mark.slow
 def test_csv_logger_append_keeps_earlier_rows_and_one_header(digits, tmp_path):
     path = str(tmp_path / "log.csv")
     fit(digits, [CSVLogger(path)], epochs=2, steps_per_epoch=2)
@@ -162,6 +165,7 @@ def test_terminate_on_nan_stops_and_never_overwrites_the_last_good_checkpoint(di
     assert all(np.isfinite(w.numpy()).all() for w in restored.weights)
 
 
+@pytest.mark.slow
 def test_lambda_callback_calls_each_hook(digits):
     calls = []
     fit(digits, [LambdaCallback(on_train_begin=lambda logs: calls.append("begin"),
@@ -212,6 +216,7 @@ def test_non_chief_writes_nothing(digits, tmp_path):
     assert files_under(tmp_path) == [] and out.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_progress_bar_prints_lines_when_not_a_terminal(digits):
     out = io.StringIO()
     fit(digits, [ProgressBar(stream=out, log_every_s=0.0)], epochs=2, steps_per_epoch=4)
@@ -221,6 +226,7 @@ def test_progress_bar_prints_lines_when_not_a_terminal(digits):
     assert not math.isnan(float(lines[-1].split("loss: ")[1].split()[0]))
 
 
+@pytest.mark.slow
 def test_no_host_sync_per_step_when_no_callback_asks(digits, tmp_path):
     """With the default file callbacks on, metrics are read once per epoch, and the loop runs K steps a call."""
     trainer = make_trainer(strategy("mirrored", 2), digits, model_dir=str(tmp_path), steps_per_execution=5)
@@ -240,6 +246,7 @@ def test_no_host_sync_per_step_when_no_callback_asks(digits, tmp_path):
     assert reads == [10, 20, 20, 30, 40, 40]  # the progress bar's 2 per epoch, and the epoch logs
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights_and_reports_in_summary_json(digits, tmp_path):
     recorder = RecordWeights()
     stopper = EarlyStopping(patience=2, restore_best_weights=True)

@@ -22,6 +22,7 @@ def one_step(trainer_cls, name, replicas, digits):
 
 
 @pytest.mark.parametrize("trainer_cls", EXAMPLES, ids=lambda c: c.__name__)
+@pytest.mark.slow
 def test_one_step_is_the_same_on_one_and_two_replicas(digits, trainer_cls):
     reference, reference_loss = one_step(trainer_cls, "default", None, digits)
     initial = make_trainer(strategy("default"), digits).model.get_weights()

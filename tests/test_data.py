@@ -36,6 +36,7 @@ def test_indivisible_global_batch_is_a_clear_error():
 
 
 @pytest.mark.parametrize("pipelines, replicas", [(1, 2), (2, 2), (2, 4), (4, 4)])
+@pytest.mark.slow
 def test_every_layout_sees_the_same_global_batches(pipelines, replicas):
     train = TrainInput(ids, N, G, seed=3)
     reference = global_batches(train, 1, 1, steps=30)
@@ -61,6 +62,7 @@ def test_each_pass_is_a_fresh_permutation_reproducible_from_the_seed():
 
 
 @pytest.mark.parametrize("start_step", [1, 12, 13, 37])  # 12.5 steps per pass: resume inside and across passes
+@pytest.mark.slow
 def test_resuming_mid_stream_sees_exactly_the_remaining_batches(start_step):
     train = TrainInput(ids, N, G, seed=3)
     full = global_batches(train, 2, 2, steps=start_step + 5)

@@ -81,6 +81,7 @@ def test_swapping_in_the_average_and_back_restores_the_weights_bitwise(digits):
     assert trainer.ema._exchange_all.experimental_get_tracing_count() == 1  # assignments, nothing re-created
 
 
+@pytest.mark.slow
 def test_validation_evaluates_the_average(digits):
     trainer = make_trainer(strategy("mirrored", 2), digits, ema_decay=0.7, steps_per_execution=2)
     history = trainer.fit(train_input(digits), epochs=2, steps_per_epoch=STEPS, validation_data=eval_input(digits),
@@ -146,6 +147,7 @@ def test_the_export_and_the_best_checkpoint_hold_the_average(digits, data_dir, t
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.slow
 def test_the_average_resumes_bitwise(digits, tmp_path, accumulation):
     def trainer(model_dir):
         return make_trainer(strategy("mirrored", 2), digits, optimizer="adam", learning_rate=1e-3, ema_decay=0.9,

@@ -78,6 +78,7 @@ def assert_equal_to_offline(records, checkpoint_dir, source, global_batch_size, 
             assert by_step[step][name] == pytest.approx(value, abs=1e-6), (step, name)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_is_evaluated_once_in_order_and_equals_an_offline_evaluation(tmp_path, data_dir, digits,
                                                                                       monkeypatch):
     model_dir = tmp_path / "run"
@@ -94,8 +95,10 @@ def test_every_checkpoint_is_evaluated_once_in_order_and_equals_an_offline_evalu
     records = evaluations(model_dir)
     assert [r["step"] for r in records] == steps  # each once, in order of global step
     assert [r["epochs_completed"] for r in records] == [s // 5 for s in steps]  # epochs completed at that checkpoint
+    assert [r["epoch"] for r in records] == [-(-s // 5) for s in steps]  # the (1-based) epoch of that step
     assert {r["checkpoint"] for r in records} == {f"{checkpoint_dir}/ckpt-{s}" for s in steps}
-    assert set(records[0]) == {"step", "epochs_completed", "checkpoint", "stop_reason", "val_loss", "val_accuracy"}
+    assert set(records[0]) == {"step", "epoch", "epochs_completed", "checkpoint", "stop_reason", "val_loss",
+                               "val_accuracy"}
     assert_equal_to_offline(records, checkpoint_dir, digits, 32, steps)
     # The last epoch's validation, as training logged it, is the final checkpoint's evaluation.
     assert records[-1]["val_loss"] == pytest.approx(trained["history"]["val_loss"][-1], abs=1e-6)
@@ -127,6 +130,7 @@ def test_every_checkpoint_is_evaluated_once_in_order_and_equals_an_offline_evalu
         assert after["val_loss"] == pytest.approx(before["val_loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_deleted_before_it_was_read_is_reported_and_skipped(tmp_path, data_dir, caplog, monkeypatch):
     model_dir = tmp_path / "run"
     run(config(model_dir, data_dir, epochs=1))
@@ -150,6 +154,7 @@ def test_a_checkpoint_deleted_before_it_was_read_is_reported_and_skipped(tmp_pat
     assert len(reported) == 1 and f"ckpt-{steps[1]} (step {steps[1]}): deleted before it could be read" in reported[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_deleted_before_it_listed_them_are_reported_as_a_gap(tmp_path, data_dir, caplog):
     model_dir = tmp_path / "run"
     run(config(model_dir, data_dir, epochs=1, checkpoint_every_n_steps=1, max_to_keep=2))
@@ -199,6 +204,7 @@ def test_the_evaluator_refuses_checkpoints_of_another_configuration(tmp_path, da
                                             job, poll_s=0.1)
 
 
+@pytest.mark.slow
 def test_on_two_local_devices_it_evaluates_mirrored_and_exports_the_best_checkpoint(tmp_path, data_dir, digits):
     model_dir = tmp_path / "run"
     run(config(model_dir, data_dir, epochs=3, checkpoint_every_n_steps=None))

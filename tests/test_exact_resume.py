@@ -144,6 +144,7 @@ def test_a_signal_before_the_first_step_saves_nothing(digits, tmp_path):
     ({"learning_rate": 0.05}, "optimizer.learning_rate 0.1 -> 0.05"),
     ({"model": "cnn"}, "model.variables"),
 ])
+@pytest.mark.slow
 def test_a_resume_that_changes_the_mathematics_is_refused_before_anything_is_touched(digits, tmp_path, change,
                                                                                      difference):
     make_trainer(strategy("default"), digits, model_dir=str(tmp_path)).fit(train_input(digits), epochs=1,
@@ -157,6 +158,7 @@ def test_a_resume_that_changes_the_mathematics_is_refused_before_anything_is_tou
     assert trainer.global_step == 0  # nothing was restored into the new model
 
 
+@pytest.mark.slow
 def test_changing_the_number_of_replicas_continues_the_same_run(digits, tmp_path):
     """mirrored x2 for two epochs, then mirrored x4: equal to four epochs on x2 within float tolerance."""
     def trainer(replicas, model_dir):
@@ -190,6 +192,7 @@ def test_settings_given_to_the_trainer_are_recorded_and_checked(digits, tmp_path
             train_input(digits), epochs=2, steps_per_epoch=2)
 
 
+@pytest.mark.slow
 def test_the_csv_has_every_epoch_once_even_when_logging_was_off_for_a_while(digits, tmp_path):
     from callbacks import CSVLogger
 

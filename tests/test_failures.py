@@ -119,6 +119,7 @@ USAGE = {  # id: (arguments, environment, what the one line says)
 
 
 @pytest.mark.parametrize("args, env, message", USAGE.values(), ids=USAGE.keys())
+@pytest.mark.slow
 def test_a_usage_error_of_train_py_is_one_line_exit_2_before_tensorflow_starts(tmp_path, args, env, message):
     model_dir = tmp_path / "run"
     result = run_script(TRAIN, f"--model_dir={model_dir}", *TINY_FLAGS[:-1], *args, env=env, timeout=60)
@@ -599,6 +600,7 @@ def run_fault(ws, case):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_no_network) if "gs://" in c else c for c in FAULTS])
+@pytest.mark.slow
 def test_a_storage_fault_is_one_line_exit_1_and_the_previous_checkpoint_restores(workspace, case, caplog, capfd):
     config, error = run_fault(workspace, case)
     message = str(error)
@@ -653,6 +655,7 @@ DAMAGED = {  # id: (damage, the file the one warning names, what it says)
 
 
 @pytest.mark.parametrize("damage, name, warning", DAMAGED.values(), ids=DAMAGED.keys())
+@pytest.mark.slow
 def test_a_damaged_file_is_recovered_from_with_one_warning(workspace, damage, name, warning, caplog):
     original = (workspace.model_dir / name).read_bytes()
     damage(workspace)

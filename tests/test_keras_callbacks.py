@@ -16,6 +16,7 @@ from tests.test_callbacks_keras_parity import SEQUENCES
 from tests.test_exact_resume import SignalAt
 
 
+@pytest.mark.slow
 def test_a_bare_keras_lambda_callback_gets_every_hook_with_the_aggregated_logs(digits):
     calls = []
     callback = keras.callbacks.LambdaCallback(
@@ -37,6 +38,7 @@ def test_a_bare_keras_lambda_callback_gets_every_hook_with_the_aggregated_logs(d
                      ("epoch end", 1, epoch_logs[1]), "end"]
 
 
+@pytest.mark.slow
 def test_stop_training_set_by_a_keras_callback_stops_the_run_there(digits):
     class StopAfterSecondEpoch(keras.callbacks.Callback):
         def __init__(self):
@@ -65,6 +67,7 @@ def stop_epoch(trainer):
     ("noisy", {"patience": 2, "baseline": 1.41}),
     ("accuracy", {"patience": 3, "monitor": "val_accuracy"}),  # mode auto: up, as Keras infers for accuracy
 ])
+@pytest.mark.slow
 def test_keras_early_stopping_stops_at_the_same_epoch_as_the_harnesss(digits, sequence, options):
     values, monitor = SEQUENCES[sequence], options.get("monitor", "val_loss")
     theirs = fit(digits, [InjectMonitor(monitor, values), keras.callbacks.EarlyStopping(**options)],
@@ -78,6 +81,7 @@ def test_keras_early_stopping_stops_at_the_same_epoch_as_the_harnesss(digits, se
     ("plateau", lambda module: module.ReduceLROnPlateau(patience=2, factor=0.1, cooldown=1)),
     ("scheduler", lambda module: module.LearningRateScheduler(lambda epoch, lr: lr * 0.5 if epoch in (3, 6) else lr)),
 ])
+@pytest.mark.slow
 def test_keras_plateau_and_scheduler_set_the_harnesss_rate_as_its_own_callbacks_do(digits, kind, make):
     import callbacks
 
@@ -93,6 +97,7 @@ def test_keras_plateau_and_scheduler_set_the_harnesss_rate_as_its_own_callbacks_
     assert keras_keys == our_keys and "learning_rate" not in keras_keys  # what Keras writes into logs stays its own
 
 
+@pytest.mark.slow
 def test_keras_early_stopping_counters_survive_a_resume(digits, tmp_path):
     values = SEQUENCES["plateau"]  # patience 2 stops at the end of the 5th epoch
 

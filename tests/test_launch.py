@@ -188,6 +188,7 @@ RESTARTS = {
 
 
 @pytest.mark.parametrize("specs, options, code, runs, lines", RESTARTS.values(), ids=RESTARTS.keys())
+@pytest.mark.slow
 def test_restarts(tmp_path, specs, options, code, runs, lines):
     got, output = run_tasks(tmp_path, *specs, **options)
     assert got == code, output

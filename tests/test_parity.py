@@ -1,6 +1,7 @@
 """Same update on 1 or N replicas: the loss is averaged over the global batch, the gradients summed."""
 
 import numpy as np
+import pytest
 
 from harness import EvalInput, TrainInput
 from tests.conftest import make_trainer, strategy
@@ -25,6 +26,7 @@ def test_one_update_gives_the_same_weights_on_1_2_and_4_replicas(digits):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_three_epochs_give_the_same_loss_curves(digits):
     """Tolerance: 1e-5 relative; only the order of float32 additions differs between layouts."""
     curves = []

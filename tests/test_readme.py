@@ -73,6 +73,7 @@ def test_the_documented_default_is_the_real_one(name, text):
         assert float(default) == value, (name, text, default)
 
 
+@pytest.mark.slow
 def test_a_run_writes_what_the_output_table_names(tmp_path, data_dir):
     from harness.run import run
 

@@ -73,6 +73,7 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_a_nan_rolls_back_to_the_last_checkpoint_and_skips_the_data_that_blew_up(digits, tmp_path):
     """The batch at data position 8 (step 9) is poisoned: the loop ending at step 10 blows up, every replica goes
     back to ckpt-8, and training goes on with the data from position 10: the same run as one without positions 8-9."""
@@ -99,6 +100,7 @@ class CrashOnRollback(Callback):
         raise RuntimeError(f"crash right after the rollback to step {step}")
 
 
+@pytest.mark.slow
 def test_a_resume_after_a_rollback_continues_exactly(digits, tmp_path, caplog):
     """A crash right after the rollback, before any checkpoint holds it: the rerun restores ckpt-8, applies the
     rollback recorded next to it (count, skipped data, learning-rate factor), and ends as the uninterrupted run."""
@@ -117,6 +119,7 @@ def test_a_resume_after_a_rollback_continues_exactly(digits, tmp_path, caplog):
     assert resumed.history.history["lr"] == pytest.approx([0.05, 0.05, 0.05])
 
 
+@pytest.mark.slow
 def test_after_max_rollbacks_it_gives_up_with_one_line_and_stops(digits, tmp_path, caplog):
     """Every batch from position 4 on is poisoned: two rollbacks to ckpt-4, then one line and a stop."""
     with caplog.at_level(logging.WARNING):

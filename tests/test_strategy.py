@@ -55,6 +55,7 @@ def test_unreachable_tpu_address_fails_fast():
 
 
 @pytest.mark.parametrize("name", ["default", "one_device"])
+@pytest.mark.slow
 def test_tpu_code_path_compiles_with_xla_on_cpu(digits, name):
     """What runs on a TPU is XLA-compiled: the same step compiles and trains with jit_compile on CPU."""
     trainer = make_trainer(build_strategy(name), digits, jit_compile=True)

@@ -13,6 +13,7 @@ def train_input(source, batch=32, seed=0):
     return TrainInput(source.train_examples, source.num_train_examples, batch, seed=seed)
 
 
+@pytest.mark.slow
 def test_steps_per_execution_1_and_8_give_the_same_weights_with_2_replicas(digits):
     final = []
     for k in (1, 8):
@@ -35,6 +36,7 @@ def test_changing_k_or_the_epoch_never_retraces(digits):
     assert trainer.train_loop_traces == 1
 
 
+@pytest.mark.slow
 def test_bfloat16_mixed_precision_trains(digits):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -72,6 +74,7 @@ def test_float16_skips_a_step_when_any_replica_overflows(digits):
     assert float(trainer.optimizer.dynamic_scale.numpy()) == scale / 2
 
 
+@pytest.mark.slow
 def test_float16_trains_normally(digits):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -110,6 +113,7 @@ def test_indivisible_batch_and_bad_k_are_refused(digits):
 
 
 @pytest.mark.parametrize("name, replicas", [("default", None), ("mirrored", 2)])
+@pytest.mark.slow
 def test_a_clipped_global_gradient_moves_the_weights_by_the_clip_norm(digits, name, replicas):
     class ClippedTrainer(Trainer):
         def train_step(self, batch):

@@ -69,6 +69,7 @@ def test_the_schedule_cuts_loops_at_every_multiple():
         ValidationSchedule(0, has_validation=True)
 
 
+@pytest.mark.slow
 def test_validation_at_every_multiple_and_the_epoch_ends_without_retracing(digits, tmp_path):
     reads, trainer = [], None
 
@@ -104,6 +105,7 @@ def test_validation_at_every_multiple_and_the_epoch_ends_without_retracing(digit
     assert [e.step for e in events.Tensors("epoch_loss")] == [20, 40, 60]  # the epoch curve as before
 
 
+@pytest.mark.slow
 def test_early_stopping_per_validation_stops_at_that_step_and_checkpoints_it(digits, tmp_path):
     values = [3.0, 2.0, 2.5, 2.6, 2.7, 2.8]  # best at the second validation (step 14); patience 2 ends at step 21
     stopper = EarlyStopping(patience=2, monitor_freq="validation")
@@ -122,6 +124,7 @@ def test_early_stopping_per_validation_stops_at_that_step_and_checkpoints_it(dig
     assert not rerun.trained_in_last_fit and rerun.global_step == 21
 
 
+@pytest.mark.slow
 def test_plateau_and_best_checkpoints_per_validation(digits, tmp_path):
     values = [3.0, 2.0, 2.5, 2.6, 1.0, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]
 
@@ -145,6 +148,7 @@ def test_plateau_and_best_checkpoints_per_validation(digits, tmp_path):
     assert saved == ["step14.index", "step28.index", "step7.index"] and checkpoint.best_step == 28
 
 
+@pytest.mark.slow
 def test_resume_mid_interval_is_exact(digits, tmp_path):
     """A crash at step 28 (before its validation); the rerun resumes from step 24, between the validations at 21
     and 28, and ends as an uninterrupted run: weights bitwise, validation history and early-stopping counters."""
