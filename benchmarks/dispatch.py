@@ -19,9 +19,9 @@ from typing import Any
 
 import keras
 
-from benchmarks.harness_fit import HarnessFit, _LastStamper, _Stamper
+from benchmarks.harness_fit import HarnessFit, _Stamper
 from benchmarks.keras_fit import KerasFit
-from benchmarks.timing import Stamps, median, rotated, time_calls
+from benchmarks.timing import median, rotated, time_calls
 from benchmarks.workload import Workload
 from callbacks import CallbackList
 from harness.controller import LOOP
@@ -43,7 +43,7 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
     context.plan = dataclasses.replace(context.plan, steps_per_epoch=STEPS_PER_EPOCH)  # a real epoch's length
     # The default list: History, TensorBoard, CSVLogger, ProgressBar (without the benchmark's timing callback).
     callbacks = controller.callbacks = CallbackList([cb for cb in controller.callbacks
-                                                     if not isinstance(cb, (_Stamper, _LastStamper))])
+                                                     if not isinstance(cb, _Stamper)])
     step = trainer.global_step + 1
     callbacks.on_train_begin()
     callbacks.on_epoch_begin(trainer.epochs_completed)
@@ -65,7 +65,7 @@ def _harness_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable
 def _keras_hooks(workload: Workload, workdir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
     contender = KerasFit(workload, os.path.join(workdir, "dispatch-keras"))
     contender.first_step()
-    user = contender._callbacks(Stamps())[1:-1]  # pylint: disable=protected-access  (TB, CSV, BackupAndRestore...)
+    user = contender.callbacks()  # TB, CSV, BackupAndRestore, History, ProgbarLogger
     callbacks = keras.callbacks.CallbackList(user, add_history=True, add_progbar=True, model=contender.model,
                                              verbose=1, epochs=1, steps=STEPS_PER_EPOCH)
     out = io.StringIO()

@@ -1,9 +1,14 @@
-"""Contender (a): a minimal hand-written loop, the limit with zero harness overhead.
+"""Contenders (a) and (a'): a minimal hand-written loop, and the same loop with a per-epoch checkpoint.
 
 One `tf.function` runs K steps in a `tf.range` loop (K is a tensor: no retrace when it
 changes). A step is what every contender does: forward, per-example loss averaged over the
 global batch, gradients, SGD update, and running sums of loss and accuracy (read once per
-epoch, as one would to print them). No callbacks, no checkpoints, no learning-rate variable.
+epoch, as one would to print them). No callbacks, no learning-rate variable. The plain loop
+saves nothing: the limit with zero harness overhead. "minimal + checkpoint" does the same
+work as the harness at each epoch end: a synchronous `tf.train.CheckpointManager.save`
+(max_to_keep=3, as the harness's default) of a `tf.train.Checkpoint` with the model, the
+optimizer, the step and the running sums; so harness / (minimal + checkpoint) is the
+harness's own overhead, and (minimal + checkpoint) / minimal is the checkpoint's cost.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from benchmarks.timing import Measurement, Stamps, now
+from benchmarks.interleave import Pacer
+from benchmarks.timing import now
 from benchmarks.workload import Workload
 
 
 class MinimalLoop:
     name = "minimal"
 
-    def __init__(self, workload: Workload):
+    def __init__(self, workload: Workload, checkpoint_dir: str | None = None, name: str | None = None):
         self.workload, self.strategy = workload, workload.strategy
+        self.name = name or ("minimal_checkpoint" if checkpoint_dir else "minimal")
         self.model, self.optimizer = workload.build()
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         with self.strategy.scope():
@@ -27,10 +34,17 @@ class MinimalLoop:
             # loss sum, correct predictions, examples: summed per replica, added up when read.
             self.sums = tf.Variable(tf.zeros([3]), trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                                     aggregation=tf.VariableAggregation.SUM)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.manager = None
+        if checkpoint_dir:
+            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
+                                             sums=self.sums)
+            self.manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
         self.loop = tf.function(self._loop)
         self.dataset = workload.distributed_dataset()
         self._k: dict[int, tf.Tensor] = {}
         self.last_epoch_logs: dict[str, float] = {}
+        self.steps_done = 0
 
     def _step(self, batch):
         features, labels = batch
@@ -47,6 +61,7 @@ class MinimalLoop:
     def _loop(self, iterator, num_steps):
         for _ in tf.range(num_steps):
             self.strategy.run(self._step, args=(next(iterator),))
+        self.step.assign_add(num_steps)
 
     def _steps(self, k: int) -> tf.Tensor:
         if k not in self._k:
@@ -57,10 +72,12 @@ class MinimalLoop:
         total = self.sums.numpy()  # the sum over replicas: one host sync per epoch
         loss, correct, count = total - previous
         self.last_epoch_logs = {"loss": loss / count, "accuracy": correct / count}
+        if self.manager is not None:
+            self.manager.save(checkpoint_number=self.steps_done)
         return total
 
     def probe(self, steps_per_execution: int, seconds: float) -> float:
-        """Steps/s of K-step calls for about `seconds` (at least one call): sizes the epochs."""
+        """Steps/s of K-step calls for about `seconds` (at least one call): sizes the slices and epochs."""
         k, iterator, calls = self._steps(steps_per_execution), iter(self.dataset), 0
         self.loop(iterator, k)
         start = now()
@@ -74,19 +91,17 @@ class MinimalLoop:
         self.loop(iter(self.dataset), self._steps(1))
         return now() - start
 
-    def prepare(self, steps_per_execution: int) -> None:
-        """Nothing to do: K is an argument of the loop."""
-
-    def measure(self, steps_per_execution: int, steps_per_epoch: int, epochs: int) -> Measurement:
+    def train(self, pacer: Pacer, steps_per_execution: int, steps_per_epoch: int, epochs: int) -> None:
+        """`epochs` epochs of K-step calls, pacing every call (runs in the contender's thread)."""
         k = self._steps(steps_per_execution)
-        stamps = Stamps()
         iterator = iter(self.dataset)
         totals = self.sums.numpy()
         for _ in range(epochs):
-            stamps.epoch_begin()
+            pacer.epoch_begin()
             for _ in range(steps_per_epoch // steps_per_execution):
+                pacer.loop_begin()
                 self.loop(iterator, k)
-            stamps.batch_done()
+                self.steps_done += steps_per_execution
+            pacer.batch_done()
             totals = self._epoch_end(totals)
-        stamps.end()
-        return Measurement(stamps, steps_per_epoch=steps_per_epoch, epochs=epochs)
+        pacer.finish()

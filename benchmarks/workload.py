@@ -3,6 +3,7 @@
 Every contender reads the same `distribute_datasets_from_function` dataset: one fixed
 per-replica batch repeated forever, so a measurement times the training loop, not an
 input pipeline. Every contender builds its model from the same seed (same initial weights).
+A spec with a `width` gets an MLP of two hidden layers of that width (the size curves).
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ import harness
 from benchmarks.settings import ModelSpec
 
 LEARNING_RATE = 0.01
+
+
+def wide_mlp(input_shape: tuple[int, ...], num_classes: int, width: int) -> keras.Model:
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(width, activation="relu"), keras.layers.Dense(width, activation="relu"),
+                             keras.layers.Dense(num_classes)], name=f"mlp{width}")
+
+
+def parameters(input_shape: tuple[int, ...], num_classes: int, width: int) -> int:
+    """The number of parameters of `wide_mlp` (without building it)."""
+    inputs = 1
+    for d in input_shape:
+        inputs *= d
+    return inputs * width + width + width * width + width + width * num_classes + num_classes
 
 
 @dataclasses.dataclass
@@ -35,7 +50,7 @@ class Workload:
 
     @property
     def model_name(self) -> str:
-        return self.spec.name
+        return self.spec.name if self.spec.width is None else f"mlp{self.spec.width}"
 
     @property
     def global_batch_size(self) -> int:
@@ -45,14 +60,20 @@ class Workload:
         """A fresh model (same initial weights every time) and SGD optimizer, in the strategy's scope."""
         keras.utils.set_random_seed(self.seed)
         with self.strategy.scope():
-            model = harness.build_model(self.spec.name, self.spec.input_shape, self.spec.num_classes)
+            model = (harness.build_model(self.spec.name, self.spec.input_shape, self.spec.num_classes)
+                     if self.spec.width is None else wide_mlp(self.spec.input_shape, self.spec.num_classes,
+                                                              self.spec.width))
             optimizer = harness.build_optimizer("sgd", LEARNING_RATE)
         return model, optimizer
 
     def dataset_fn(self, input_context: tf.distribute.InputContext, start_step: int = 0) -> tf.data.Dataset:
-        """Per-replica batches, endless (`start_step` is accepted so the harness never skips through it)."""
-        del input_context, start_step  # every batch is the same
-        return tf.data.Dataset.from_tensors((self._features, self._labels)).repeat()
+        """Per-replica batches, endless (`start_step` is accepted so the harness never skips through it).
+
+        Sized by the context, so that with gradient accumulation (a context with A times the replicas)
+        each micro-batch is 1/A of the batch, as the harness asks of a dataset function."""
+        del start_step  # every batch is the same
+        size = input_context.get_per_replica_batch_size(self.spec.global_batch_size)
+        return tf.data.Dataset.from_tensors((self._features[:size], self._labels[:size])).repeat()
 
     def distributed_dataset(self):
         return self.strategy.distribute_datasets_from_function(self.dataset_fn)

@@ -1,0 +1,147 @@
+"""One task of the 2-worker cluster benchmark; `benchmarks/cluster.py` runs it on every task through harness.launch.
+
+Every worker builds the same MLP under MultiWorkerMirroredStrategy (one replica each) and a
+`harness.Trainer` on it, and runs one short `fit` (its callbacks, context and decision maker).
+Then, in blocks that alternate (ABBA...), with a barrier (one all-reduce) before each block:
+
+1. With --decision, the decision overhead at K=1: a block of N one-step loop calls (`trainer.run_train_loop`, the
+   gradient all-reduce included) against a block of N decision points
+   (`controller._decide(context, LOOP)`: one small all-reduce of every worker's votes).
+2. Cost of the cluster over one process at the same global batch, per K: a block of N/K
+   K-step loop calls, each followed by its decision point, on the cluster, against the same on
+   worker 0 alone, with a default-strategy Trainer on the whole global batch (worker 1 waits
+   in the next barrier meanwhile).
+
+Worker 0 (the chief) times each block by wall clock and by its process's CPU time and prints
+one line `RESULT <json>` with every block, and its thread count before and after. The strategy
+is the harness's default (`harness.build_strategy("multi_worker_mirrored")`, whose 600 s
+collective timeout makes TensorFlow 2.21 leave about two threads behind per collective until
+it expires: about 2,000 collectives leave about 3,000 threads, and a job of a few thousand more within
+10 minutes aborts with "std::system_error: Resource temporarily unavailable"; so `benchmarks/cluster.py`
+starts one job per K, each well below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf
+
+import harness
+from benchmarks.harness_fit import HarnessFit
+from benchmarks.settings import ModelSpec
+from benchmarks.workload import Workload
+from harness.controller import LOOP
+
+GLOBAL_BATCH = 64
+
+
+class _Runner:
+    """One Trainer's K-step loop and decision point, outside `fit` (after a short fit built them)."""
+
+    def __init__(self, contender: HarnessFit, workload: Workload):
+        contender.first_step()
+        self.trainer = contender.trainer
+        self.controller = self.trainer.controller
+        self.context = self.controller.context
+        self.iterator = iter(self.trainer.distribute(workload.dataset_fn))
+
+    def loops(self, calls: int, k: int, decide: bool) -> None:
+        for _ in range(calls):
+            self.trainer.run_train_loop(self.iterator, k)
+            if decide:
+                self.controller._decide(self.context, LOOP)  # pylint: disable=protected-access
+        self.trainer.restored_global_step()  # reads the step variable: every op of the block has run
+
+    def decisions(self, calls: int) -> None:
+        for _ in range(calls):
+            self.controller._decide(self.context, LOOP)  # pylint: disable=protected-access
+
+
+def threads() -> int:
+    """This process's threads (each collective under the harness's default collective timeout leaves some behind)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
+def timed(fn, *args) -> dict[str, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--steps_per_block", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--steps_per_execution", type=int, nargs="+", required=True)
+    parser.add_argument("--decision", action="store_true", help="also measure the decision point at K=1")
+    args = parser.parse_args(argv)
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.ERROR)
+    strategy = harness.build_strategy("multi_worker_mirrored")
+    info = harness.ClusterInfo.from_strategy(strategy)
+    spec = ModelSpec("mlp", (8, 8, 1), GLOBAL_BATCH, epochs=1, steps_per_epoch=1)
+    workload = Workload("multi_worker_mirrored", strategy, spec)
+    cluster = _Runner(HarnessFit(workload, os.path.join(args.model_dir, "cluster")), workload)
+    barrier = lambda: cluster.controller.maker.all_equal(0)  # one all-reduce: every worker is here
+    single = None
+    if info.worker_index == 0:
+        alone = Workload("default", tf.distribute.get_strategy(), spec)
+        single = _Runner(HarnessFit(alone, os.path.join(args.model_dir, "single")), alone)
+    n = args.steps_per_block
+    result: dict = {"workers": info.num_workers, "replicas": strategy.num_replicas_in_sync,
+                    "global_batch_size": GLOBAL_BATCH, "steps_per_block": n, "decision": [], "cost": {},
+                    "threads_start": threads()}
+
+    blocks = {"loop": lambda: cluster.loops(n, 1, decide=False), "decide": lambda: cluster.decisions(n)}
+    for name in blocks if args.decision else ():  # warm-up
+        barrier()
+        blocks[name]()
+    for r in range(args.rounds if args.decision else 0):
+        sample = {}
+        for name in (("loop", "decide") if r % 2 == 0 else ("decide", "loop")):
+            barrier()
+            sample[name] = timed(blocks[name])
+        result["decision"].append(sample)
+
+    for k in args.steps_per_execution:
+        calls = max(1, n // k)
+        samples = []
+        for r in range(args.rounds + 1):  # the first round warms up
+            sample = {"steps": calls * k}
+            for name in (("cluster", "single") if r % 2 == 0 else ("single", "cluster")):
+                barrier()
+                if name == "cluster":
+                    sample[name] = timed(cluster.loops, calls, k, True)
+                elif single is not None:
+                    sample[name] = timed(single.loops, calls, k, True)
+            if r:
+                samples.append(sample)
+        result["cost"][str(k)] = samples
+    barrier()
+    result["threads_end"] = threads()
+    if info.worker_index == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+    barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Past the last barrier nothing is left to do; TensorFlow's teardown of a cluster's threads (coordination
+    # service, collectives) was seen to abort with std::system_error once the other worker had gone.
+    os._exit(code)
