@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from harness import run_record, tf_compat
 from harness.cluster import ClusterInfo
+from harness.collective_watchdog import WATCHDOG
 from harness.compiled import compiled
 from harness.decisions import Decision, Layout, Votes, decode_reason, encode_reason
 from harness.errors import SetupError
@@ -36,7 +37,8 @@ class DecisionMaker:
             return vector
         size = vector.shape[0]
         if size not in self._sums:
-            self._sums[size] = compiled(self._all_reduce_sum, input_signature=[tf.TensorSpec([size], tf.float64)])
+            self._sums[size] = WATCHDOG.watched(compiled(self._all_reduce_sum,
+                                                          input_signature=[tf.TensorSpec([size], tf.float64)]))
         return self._sums[size](tf.constant(vector)).numpy() / self._local_replicas
 
     def _all_reduce_sum(self, vector: tf.Tensor) -> tf.Tensor:

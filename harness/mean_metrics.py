@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
+from harness.collective_watchdog import WATCHDOG
 from harness.compiled import compiled
 
 
@@ -35,7 +36,7 @@ class MeanMetrics:
             self._sums = tf.Variable(tf.zeros([len(self.names) + 2]), trainable=False, name=f"{name}_sums",
                                      synchronization=tf.VariableSynchronization.ON_READ,
                                      aggregation=tf.VariableAggregation.SUM)
-        self._read = compiled(self._all_reduced_sums)
+        self._read = WATCHDOG.watched(compiled(self._all_reduced_sums))
         self._reset = compiled(self._reset_on_every_replica)
 
     @property

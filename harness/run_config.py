@@ -44,8 +44,8 @@ class RunConfig:
     num_cpu_devices: int | None = _field(None, "Split a GPU-less host's CPU into this many replicas "
                                          "(per worker with multi_worker_mirrored).")
     tpu: str | None = _field(None, "TPU for --strategy=tpu: 'local', a name, or grpc://host:port.")
-    collective_timeout_s: float = _field(600.0, "Fail a multi-worker collective that waits longer than this "
-                                         "(a peer stuck without failing).")
+    collective_timeout_s: float = _field(600.0, "Fail a training loop, decision or metric read that waits "
+                                         "longer than this on a peer (stuck without failing).")
     cluster_join_timeout_s: float = _field(300.0, "Fail when not every task joins in time.")
     heartbeat_timeout_s: float = _field(10.0, "A task silent this long is lost: every task fails.")
     worker_hosts: str | None = _field(None, "The training tasks' host:port list, chief first, or a pattern such as "

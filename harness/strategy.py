@@ -134,8 +134,10 @@ def _multi_worker(cluster: ResolvedCluster, num_cpu_devices: int | None, collect
 
     from harness import tf_compat
     from harness.cluster import rendezvous
+    from harness.collective_watchdog import WATCHDOG
 
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    options = tf.distribute.experimental.CommunicationOptions()  # no timeout: see harness.collective_watchdog
+    WATCHDOG.start(collective_timeout_s)
     config = cluster.tf_config()
     if config is None:  # a cluster of one task: this process alone
         os.environ.pop("TF_CONFIG", None)
@@ -188,7 +190,8 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
 
     `num_cpu_devices` splits a GPU-less host's CPU into that many replicas (mirrored, and
     multi_worker_mirrored per worker); `tpu` is 'local', a TPU name or a grpc:// address;
-    `collective_timeout_s` bounds every multi-worker collective; `cluster_join_timeout_s`
+    `collective_timeout_s` bounds how long a training loop, a decision or a metric read waits on
+    a stuck peer (one watchdog thread: `harness.collective_watchdog`); `cluster_join_timeout_s`
     bounds the wait for every task to join; a task that stops sending heartbeats for
     `heartbeat_timeout_s` fails the job on every other task instead of hanging it.
     `cluster` is this task's place in the job (by default resolved from the environment, see

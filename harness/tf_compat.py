@@ -221,3 +221,13 @@ def report_error_to_cluster(message: str) -> None:
     """
     _eager_context.context().report_error_to_cluster(tf.errors.INTERNAL, message)
 
+
+
+def abort_collectives(message: str) -> None:
+    """Fails this process's pending and future collectives with DeadlineExceededError(`message`).
+
+    What TensorFlow's own `CommunicationOptions(timeout_seconds=T)` does when T passes; that
+    option holds two sleeping threads per collective for T seconds (thousands of threads per
+    minute at one step per call), so `harness.collective_watchdog` calls this from one thread.
+    """
+    _eager_context.context().abort_collective_ops(tf.errors.DEADLINE_EXCEEDED, message)

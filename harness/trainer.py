@@ -21,6 +21,7 @@ from harness import tf_compat
 from harness.accumulation import ACCUMULATE, APPLY, GradientAccumulator, check_split
 from harness.checkpointing import Checkpointer
 from harness.cluster import ClusterInfo
+from harness.collective_watchdog import WATCHDOG
 from harness.compiled import compiled
 from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
@@ -307,7 +308,8 @@ class Trainer:
         """Runs `num_steps` training steps in one compiled call (retraced only when the LR schedule changes)."""
         if self._train_loop is None or self._traced_schedule is not self.learning_rate.schedule:
             self._train_loop, self._traced_schedule = self._make_train_loop(), self.learning_rate.schedule
-        self._train_loop(iterator, self._steps_tensor(num_steps))
+        with WATCHDOG.watching():
+            self._train_loop(iterator, self._steps_tensor(num_steps))
 
     @property
     def train_loop_traces(self) -> int:
@@ -335,7 +337,7 @@ class Trainer:
             callbacks.on_test_begin()
         self.eval_metrics.reset()
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-        with self.evaluated_weights():
+        with self.evaluated_weights(), WATCHDOG.watching():
             for start in range(0, steps, self.steps_per_execution):
                 self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
         logs = self.eval_metrics.result()

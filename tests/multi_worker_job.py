@@ -46,12 +46,27 @@ class FailOnOneWorker(Callback):
 class SleepOnWorker(Callback):
     """Makes one worker slow outside the step (a heavy callback): the straggler view must name it."""
 
-    def __init__(self, worker, seconds):
-        self.worker, self.seconds = worker, seconds
+    def __init__(self, worker, seconds, from_step=0):
+        self.worker, self.seconds, self.from_step = worker, seconds, from_step
 
     def on_train_batch_end(self, step, logs=None):
-        if self.context.worker_index == self.worker:
+        if self.context.worker_index == self.worker and step >= self.from_step:
             time.sleep(self.seconds)
+
+
+def threads():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("Threads:")).split()[1])
+
+
+class CountThreads(Callback):
+    """This process's threads after the first epoch (the step traced) and at the end of training."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.after_first_epoch = threads()
+
+    def on_train_end(self, logs=None):
+        self.at_end = threads()
 
 
 def trainer(strategy, source, model_dir, linear=False, trainer_cls=harness.Trainer, learning_rate=0.1):
@@ -135,6 +150,11 @@ def main(out_dir, data_dir):
         ProgressBar(stream=sys.stdout, log_every_s=0.0)])
     report("straggler", t)
 
+    t, counter = trainer(strategy, source, None), CountThreads()  # 100 steps: 50 loops, 50 decisions, 100 all-reduces
+    t.fit(train, epochs=2, steps_per_epoch=100, callbacks=[counter])
+    print("RESULT " + json.dumps({"phase": "threads", "worker": info.worker_index,
+                                  "grown": counter.at_end - counter.after_first_epoch}), flush=True)
+
     # Last (it aborts the job's collectives): worker 1 fails in a callback, and its script goes on living.
     t = trainer(strategy, source, None)
     start = time.monotonic()
@@ -147,5 +167,20 @@ def main(out_dir, data_dir):
         time.sleep(20)  # alive, holding nothing: the others must not wait for it
 
 
+def stuck(out_dir, data_dir):
+    """Worker 1 stalls from step 4 (alive, heartbeating) for longer than the collective timeout."""
+    strategy = harness.build_strategy("multi_worker_mirrored", cluster_join_timeout_s=60, collective_timeout_s=3)
+    info = harness.ClusterInfo.from_strategy(strategy)
+    source = harness.load_source("digits", data_dir, is_chief=info.is_chief, num_workers=info.num_workers)
+    t = trainer(strategy, source, None)
+    start = time.monotonic()
+    try:
+        t.fit(harness.TrainInput(source.train_examples, source.num_train_examples, 32), epochs=1, steps_per_epoch=10,
+              callbacks=[SleepOnWorker(worker=1, seconds=12, from_step=4)])
+    except Exception as e:
+        print("RESULT " + json.dumps({"phase": "stuck", "worker": info.worker_index, "error": str(e),
+                                      "type": type(e).__name__, "seconds": time.monotonic() - start}), flush=True)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    (stuck if sys.argv[3:] == ["stuck"] else main)(*sys.argv[1:3])

@@ -153,6 +153,8 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, 
     events.Reload()
     assert [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("workers/epoch_slowest")] == [1.0, 1.0]
     assert "slowest worker 1:" in "\n".join(lines_of(out.getvalue(), "worker:0"))
+    # The collective timeout costs no thread per collective (TensorFlow's own held two per collective: +300 here).
+    assert [results[("threads", w)]["grown"] < 40 for w in (0, 1)] == [True, True], results
     # A worker whose callback fails while its script lives on: the other stops at once, with the real cause.
     assert results[("failure", 1)]["type"] == "ValueError"
     assert results[("failure", 0)]["type"] == "SetupError"
@@ -293,3 +295,15 @@ def test_the_launcher_restarts_a_job_whose_worker_was_killed_and_it_ends_as_if_n
     assert launcher.returncode == 0, output[-4000:]
     assert "restarting every task (restart 1 of 1)" in output and "Resuming from" in output
     assert_bitwise_equal(final_variables(run), final_variables(reference))
+
+
+def test_a_peer_stuck_longer_than_the_collective_timeout_fails_the_other_with_one_line(tmp_path, data_dir):
+    out = io.StringIO()
+    launch([sys.executable, os.path.join(ROOT, "tests/multi_worker_job.py"), str(tmp_path), data_dir, "stuck"],
+           num_workers=2, out=out, env=ENV)
+    results = {r["worker"]: r for r in (json.loads(line.split("RESULT ", 1)[1])
+                                        for line in out.getvalue().splitlines() if "RESULT " in line)}
+    assert results[0]["type"] == "SetupError", out.getvalue()[-3000:]
+    assert results[0]["error"].startswith("lost a peer task (a collective waited longer than --collective_timeout_s: "
+                                          "a peer is stuck)"), results[0]
+    assert 3 <= results[0]["seconds"] < 12  # the timeout (3 s), not the peer's stall (12 s)
