@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 
 import keras
@@ -43,7 +42,7 @@ def write_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, *, is_chief: 
             checkpoint.write(f"{directory}/ckpt")
         return None
     storage.makedirs(storage.parent(prefix))
-    temp = f"{prefix}.tmp-{uuid.uuid4().hex[:8]}"
+    temp = storage.temp_path(prefix)
     try:
         with storage.failing_as_storage_error("write the checkpoint", prefix, "earlier saves are intact"):
             checkpoint.write(temp)
@@ -65,7 +64,7 @@ def save_keras_model(model: keras.Model, path: str, *, is_chief: bool) -> str | 
     if not is_chief:
         return None
     storage.makedirs(storage.parent(path))
-    temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex[:8]}.keras"
+    temp = storage.temp_path(path[:-len(".keras")], "{path}.tmp-{id}.keras")
     try:
         with storage.failing_as_storage_error("save the model to", path):
             model.save(temp)

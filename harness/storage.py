@@ -81,10 +81,18 @@ def remove_quietly(path: str) -> None:
         pass
 
 
+def temp_path(path: str, pattern: str = "{path}.tmp-{id}") -> str:
+    """A fresh temporary name for writing `path`, after removing what a killed writer left under that pattern
+    (this process is the only writer of `path`: the chief, or an evaluator in its own folder)."""
+    for stale in tf.io.gfile.glob(pattern.format(path=path, id="*")):
+        remove_quietly(stale)
+    return pattern.format(path=path, id=uuid.uuid4().hex[:8])
+
+
 def write_text(path: str, text: str, note: str = "the previous version, if any, is intact") -> None:
     """Writes a file atomically (readers never see half a file), creating its folder."""
     makedirs(parent(path))
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    temp = temp_path(path)
     try:
         with failing_as_storage_error("write", path, note):
             if tf.io.gfile.isdir(path):

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import pytest
 import tensorflow as tf
 
@@ -770,3 +771,22 @@ def test_the_launcher_names_the_task_and_its_storage_error(tmp_path):
     for task in ("worker:0", "worker:1"):
         assert len([line for line in output.splitlines() if line.startswith(f"[{task}] error: ")]) == 1, output
     assert TRACEBACK not in output
+
+
+def test_what_a_killed_writer_left_is_removed_when_the_same_file_is_written_again(tmp_path):
+    """A SIGKILL between a temp write and its rename leaves `<path>.tmp-<id>*`; writing that path again clears it."""
+    from harness import storage
+    from harness.model_saving import save_keras_model, write_checkpoint
+
+    stale = [tmp_path / "summary.json.tmp-0badc0de", tmp_path / "best/epoch0003.tmp-0badc0de.index",
+             tmp_path / "best/epoch0003.tmp-0badc0de.data-00000-of-00001", tmp_path / "model.tmp-0badc0de.keras"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    storage.write_text(str(tmp_path / "summary.json"), "{}\n")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    write_checkpoint(tf.train.Checkpoint(model=model), str(tmp_path / "best/epoch0003"), is_chief=True)
+    save_keras_model(model, str(tmp_path / "model.keras"), is_chief=True)
+    assert not [p for p in stale if p.exists()]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "epoch0003.data-00000-of-00001", "epoch0003.index", "model.keras", "summary.json"]
