@@ -27,6 +27,7 @@ from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
 from harness.ema import WeightAverage, check_decay
 from harness.errors import UsageError
+from harness.eval_passes import EvalPasses
 from harness.learning_rate import LearningRate
 from harness.mean_metrics import MeanMetrics
 from harness.metrics import LOSS, METRICS, MetricFn
@@ -166,6 +167,7 @@ class Trainer:
         self._train_loop: Callable | None = None
         self._traced_schedule: Any = None
         self._eval_loop = compiled(self._eval_steps)
+        self._eval_passes = EvalPasses(strategy)
         self._num_steps: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
@@ -336,10 +338,11 @@ class Trainer:
         if callbacks:
             callbacks.on_test_begin()
         self.eval_metrics.reset()
-        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        iterator = self._eval_passes.start(dataset_fn, steps)
         with self.evaluated_weights(), WATCHDOG.watching():
             for start in range(0, steps, self.steps_per_execution):
                 self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
+        self._eval_passes.finish(dataset_fn, steps, iterator)
         logs = self.eval_metrics.result()
         if callbacks:
             callbacks.on_test_end(logs)

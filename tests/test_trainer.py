@@ -135,3 +135,21 @@ def test_a_clipped_global_gradient_moves_the_weights_by_the_clip_norm(digits, na
     moved = np.sqrt(sum(((a - v.numpy()) ** 2).sum() for a, v in zip(before, trainer.model.trainable_variables)))
     assert trainer.calls == (replicas or 1)  # traced once (per replica)
     assert moved == pytest.approx(0.01, rel=1e-3)  # lr 1.0 x clipped norm 0.01, once (not twice on 2 replicas)
+
+
+def test_each_evaluation_reads_the_same_batches_from_a_kept_input(digits):
+    """The evaluation input is built once (harness.eval_passes): every evaluation still reads the same whole pass
+    of an EvalInput, or the same first `steps` batches of a shorter evaluation, as a freshly built input does."""
+    from harness import EvalInput
+
+    trainer = make_trainer(strategy("mirrored", 2), digits, steps_per_execution=3)
+    evaluation = EvalInput(digits.eval_examples, digits.num_eval_examples, 32)
+    fresh = make_trainer(strategy("mirrored", 2), digits, steps_per_execution=3)
+    fresh.model.set_weights(trainer.model.get_weights())
+    for steps in (evaluation.steps, 4):
+        first = [trainer.evaluate(evaluation, steps) for _ in range(3)]
+        assert first[0] == first[1] == first[2] == fresh.evaluate(EvalInput(digits.eval_examples,
+                                                                             digits.num_eval_examples, 32), steps)
+    whole = trainer.evaluate(evaluation, evaluation.steps)
+    assert whole["accuracy"] * digits.num_eval_examples == pytest.approx(round(whole["accuracy"] *
+                                                                                digits.num_eval_examples))
