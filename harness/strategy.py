@@ -220,3 +220,22 @@ def build_strategy(name: str, *, num_cpu_devices: int | None = None, tpu: str | 
         return _multi_worker(cluster, num_cpu_devices, collective_timeout_s, cluster_join_timeout_s,
                              heartbeat_timeout_s)
     return _tpu(tpu or cluster.tpu)
+
+
+def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions:
+    """How `strategy` should distribute an input: on CPU replicas, not fetched "to the device" (its own memory).
+
+    The fetch runs one tf.data iterator per device with its own autotuning thread, and in
+    TensorFlow 2.21 deleting such an iterator waits for that thread's current sleep, which grows
+    with the iterator's age: measured, 7.7 s (36 s under a debugger) between the last epoch and
+    `Done:` of a 20-second run on 2 CPU replicas, and longer at exit. On CPUs the fetch copies
+    nothing; on GPUs and TPUs it overlaps the copy with the step, so it stays.
+    """
+    import tensorflow as tf
+
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: this process's default device
+        devices = [d.name for d in tf.config.list_logical_devices() if d.device_type in ("GPU", "TPU")] or ["CPU"]
+    on_cpus = all("CPU" in device.upper() for device in devices)
+    return tf.distribute.InputOptions(experimental_fetch_to_device=not on_cpus)

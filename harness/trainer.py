@@ -27,12 +27,12 @@ from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
 from harness.ema import WeightAverage, check_decay
 from harness.errors import UsageError
-from harness.eval_passes import EvalPasses
 from harness.learning_rate import LearningRate
 from harness.mean_metrics import MeanMetrics
 from harness.metrics import LOSS, METRICS, MetricFn
 from harness.model_saving import ModelSaver
 from harness.run_state import RunState
+from harness.strategy import input_options
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,6 @@ class Trainer:
         self._train_loop: Callable | None = None
         self._traced_schedule: Any = None
         self._eval_loop = compiled(self._eval_steps)
-        self._eval_passes = EvalPasses(strategy)
         self._num_steps: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
@@ -322,7 +321,7 @@ class Trainer:
         """The distributed training dataset of `dataset_fn` after `start_step` updates (in micro-batches
         with gradient accumulation: see `harness.data.training_input`)."""
         return self.strategy.distribute_datasets_from_function(
-            training_input(dataset_fn, start_step, self.accumulation_steps))
+            training_input(dataset_fn, start_step, self.accumulation_steps), options=input_options(self.strategy))
 
     def evaluated_weights(self) -> contextlib.AbstractContextManager:
         """Inside it the model holds the weights that validation, best weights and the export use: the EMA
@@ -338,11 +337,10 @@ class Trainer:
         if callbacks:
             callbacks.on_test_begin()
         self.eval_metrics.reset()
-        iterator = self._eval_passes.start(dataset_fn, steps)
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn, input_options(self.strategy)))
         with self.evaluated_weights(), WATCHDOG.watching():
             for start in range(0, steps, self.steps_per_execution):
                 self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
-        self._eval_passes.finish(dataset_fn, steps, iterator)
         logs = self.eval_metrics.result()
         if callbacks:
             callbacks.on_test_end(logs)

@@ -68,3 +68,13 @@ def test_tpu_code_path_compiles_with_xla_on_cpu(digits, name):
 def test_xla_on_several_logical_cpus_is_refused_clearly(digits):
     with pytest.raises(UsageError, match="jit_compile cannot run several replicas on logical CPU"):
         make_trainer(build_strategy("mirrored", num_cpu_devices=2), digits, jit_compile=True)
+
+
+@pytest.mark.parametrize("name, replicas", [("default", None), ("mirrored", 2)])
+def test_inputs_on_cpu_replicas_are_not_fetched_to_a_device(name, replicas):
+    """Fetching to a device makes per-device tf.data iterators whose deletion waited up to a minute (harness.strategy
+    .input_options): the pause between the last epoch and `Done:`; on CPUs it copies nothing."""
+    from harness.strategy import input_options
+    from tests.conftest import strategy as make_strategy
+
+    assert input_options(make_strategy(name, replicas)).experimental_fetch_to_device is False

@@ -137,9 +137,9 @@ def test_a_clipped_global_gradient_moves_the_weights_by_the_clip_norm(digits, na
     assert moved == pytest.approx(0.01, rel=1e-3)  # lr 1.0 x clipped norm 0.01, once (not twice on 2 replicas)
 
 
-def test_each_evaluation_reads_the_same_batches_from_a_kept_input(digits):
-    """The evaluation input is built once (harness.eval_passes): every evaluation still reads the same whole pass
-    of an EvalInput, or the same first `steps` batches of a shorter evaluation, as a freshly built input does."""
+def test_each_evaluation_reads_the_same_batches(digits):
+    """Every evaluation reads the same whole pass of an EvalInput, or the same first `steps` batches of a shorter
+    evaluation, as a freshly built input does (no state is carried from one evaluation to the next)."""
     from harness import EvalInput
 
     trainer = make_trainer(strategy("mirrored", 2), digits, steps_per_execution=3)
