@@ -101,7 +101,7 @@ def _job(spec: ClusterSpec, workdir: str, k: int, decision: bool) -> tuple[dict[
 
 
 def run(spec: ClusterSpec, workdir: str, log: Callable[[str], None] = _log) -> list[Row]:
-    """One job per K (fresh processes: see the thread note in `benchmarks/cluster_job.py`), the first one also
+    """One job per K (fresh processes, see `benchmarks/cluster_job.py`), the first one also
     measuring the decision point."""
     rows: list[Row] = []
     for i, k in enumerate(spec.steps_per_execution):

@@ -14,11 +14,12 @@ Then, in blocks that alternate (ABBA...), with a barrier (one all-reduce) before
 
 Worker 0 (the chief) times each block by wall clock and by its process's CPU time and prints
 one line `RESULT <json>` with every block, and its thread count before and after. The strategy
-is the harness's default (`harness.build_strategy("multi_worker_mirrored")`, whose 600 s
-collective timeout makes TensorFlow 2.21 leave about two threads behind per collective until
-it expires: about 2,000 collectives leave about 3,000 threads, and a job of a few thousand more within
-10 minutes aborts with "std::system_error: Resource temporarily unavailable"; so `benchmarks/cluster.py`
-starts one job per K, each well below).
+is the harness's default (`harness.build_strategy("multi_worker_mirrored")`). Its collective
+timeout once was TensorFlow's per-collective one, which left about two threads behind per
+collective until it expired (about 3,000 threads here, and a longer job aborted with
+"std::system_error: Resource temporarily unavailable"); it is now one watchdog thread
+(`harness/collective_watchdog.py`), and the count stays flat (120 -> 130 in a quick run).
+`benchmarks/cluster.py` still starts one job per K, so each K starts from fresh processes.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def cluster_tables(rows: list[Row]) -> list[str]:
                 out += [f"After reporting every block, {row['exit_error']}.", ""]
             if row.get("threads_end") is not None:
                 out += [f"Worker 0's threads: {row['threads_start']} after its first fit, {row['threads_end']} at the "
-                        "end (see the note on the collective timeout in `benchmarks/cluster_job.py`).", ""]
+                        "end (the collective timeout is one watchdog thread: see `benchmarks/cluster_job.py`).", ""]
     cost = [r for r in rows if r["benchmark"] == "cluster_cost" and r["status"] == "ok"]
     if cost:
         out += ["| K | cluster ms/step | one process ms/step | cluster / one process (wall) | "
