@@ -214,8 +214,9 @@ class Controller:
             self._decide(context, EPOCH_END)
         closing = time.monotonic()
         iterator = None  # tf.data's destructor joins the input pipeline's threads: here, timed, not at a later GC
-        if time.monotonic() - closing > 1.0:
-            log.info("Waited %.1f s for the input pipeline's threads to stop.", time.monotonic() - closing)
+        waited = time.monotonic() - closing
+        if waited > 1.0:
+            log.info("Waited %.1f s for the input pipeline's threads to stop.", waited)
         callbacks.on_train_end(logs)
         if trainer.checkpointer is not None:
             trainer.checkpointer.sync()

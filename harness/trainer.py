@@ -167,6 +167,7 @@ class Trainer:
         self._train_loop: Callable | None = None
         self._traced_schedule: Any = None
         self._eval_loop = compiled(self._eval_steps)
+        self._input_options = input_options(strategy)
         self._num_steps: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
@@ -321,7 +322,7 @@ class Trainer:
         """The distributed training dataset of `dataset_fn` after `start_step` updates (in micro-batches
         with gradient accumulation: see `harness.data.training_input`)."""
         return self.strategy.distribute_datasets_from_function(
-            training_input(dataset_fn, start_step, self.accumulation_steps), options=input_options(self.strategy))
+            training_input(dataset_fn, start_step, self.accumulation_steps), options=self._input_options)
 
     def evaluated_weights(self) -> contextlib.AbstractContextManager:
         """Inside it the model holds the weights that validation, best weights and the export use: the EMA
@@ -337,7 +338,7 @@ class Trainer:
         if callbacks:
             callbacks.on_test_begin()
         self.eval_metrics.reset()
-        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn, input_options(self.strategy)))
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn, self._input_options))
         with self.evaluated_weights(), WATCHDOG.watching():
             for start in range(0, steps, self.steps_per_execution):
                 self._eval_loop(iterator, self._steps_tensor(min(self.steps_per_execution, steps - start)))
