@@ -83,6 +83,15 @@ def reported_error(line: str) -> UsageError | SetupError:
     return UsageError(line[len(_USAGE_MARK):]) if line.startswith(_USAGE_MARK) else SetupError(line)
 
 
+_PEER_MARKS = ("unhealthy", "heartbeat", "Error reported from", "remote target", "Collective ops is aborted",
+               "collective_timeout_s")
+
+
+def from_the_cluster(error: BaseException) -> bool:
+    """Whether `error` is about the job's peers or collectives (not the operation it interrupted, such as a save)."""
+    return isinstance(error, tf.errors.OpError) and any(mark in str(error) for mark in _PEER_MARKS)
+
+
 def peer_error(error: Exception) -> UsageError | SetupError | None:
     """One line saying which peer failed or was lost, and why (from TensorFlow's error), or None if it is not that.
 

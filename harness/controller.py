@@ -17,6 +17,7 @@ at the restored step that checkpoint plus the rollback's record.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -127,7 +128,8 @@ class Controller:
                 return reported_error(published) if published else peer
         flags = hasattr(self.trainer.settings, "recorded")  # a RunConfig: the command line's flags
         line = error_report(self.cluster.task_name, error, flags)
-        tf_compat.publish(FAILURE_KEY.format(worker=self.cluster.worker_index), line)
+        with contextlib.suppress(tf.errors.OpError):  # the coordination service is gone too: peers see a lost task
+            tf_compat.publish(FAILURE_KEY.format(worker=self.cluster.worker_index), line)
         tf_compat.report_error_to_cluster(line)
         return error
 

@@ -23,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from callbacks import file_errors
+from harness import cluster
 from harness.errors import StorageError
 
 
@@ -44,6 +45,8 @@ def failing_as_storage_error(action: str, path: str, note: str = "") -> Iterator
     except StorageError:
         raise
     except (OSError, tf.errors.OpError) as e:
+        if cluster.from_the_cluster(e):  # a lost peer interrupted a collective inside the write: not a storage fault
+            raise
         raise failure(action, path, e, note) from None
 
 

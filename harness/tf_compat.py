@@ -219,8 +219,10 @@ def report_error_to_cluster(message: str) -> None:
     Without it, a task that fails but stays alive (a user's script that catches the error)
     leaves the others waiting in a collective until a timeout, and then they blame a lost peer.
     """
-    _eager_context.context().report_error_to_cluster(tf.errors.INTERNAL, message)
-
+    try:
+        _eager_context.context().report_error_to_cluster(tf.errors.INTERNAL, message)
+    except tf.errors.OpError:  # the service already knows of a failure (a lost peer): the others learn of that
+        pass
 
 
 def abort_collectives(message: str) -> None:

@@ -790,3 +790,20 @@ def test_what_a_killed_writer_left_is_removed_when_the_same_file_is_written_agai
     assert not [p for p in stale if p.exists()]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         "epoch0003.data-00000-of-00001", "epoch0003.index", "model.keras", "summary.json"]
+
+
+@pytest.mark.parametrize("error, storage_fault", [
+    (tf.errors.ResourceExhaustedError(None, None, "No space left on device"), True),
+    (tf.errors.UnavailableError(None, None, "gs://bucket unreachable"), True),
+    (tf.errors.UnavailableError(None, None, "Collective ops is aborted by: Error reported from /job:worker/task:1: "
+                                "The following tasks are unhealthy (stopped sending heartbeats):"), False),
+    (tf.errors.DeadlineExceededError(None, None, "a collective waited longer than collective_timeout_s (5 s)"), False),
+])
+def test_a_lost_peer_during_a_write_is_not_blamed_on_storage(error, storage_fault):
+    """A save that a lost peer interrupts (CI saw it) must reach the controller as the peer's error, not a disk's."""
+    from harness import storage
+    from harness.errors import StorageError
+
+    expected = StorageError if storage_fault else type(error)
+    with pytest.raises(expected), storage.failing_as_storage_error("write the checkpoint", "run/checkpoints/ckpt-46"):
+        raise error
