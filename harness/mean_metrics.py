@@ -51,13 +51,18 @@ class MeanMetrics:
         `example_mask` (1 for an example, 0 for padding) decides which examples count in the
         per-example means; by default all do.
         """
-        first = tf.reshape(tf.convert_to_tensor(values[self.names[0]]), [-1])
-        ones = tf.ones_like(first, tf.float32)
-        weight = ones if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        mask = ones if example_mask is None else tf.reshape(tf.cast(example_mask, tf.float32), [-1])
-        sums = [tf.reduce_sum(tf.reshape(tf.cast(values[n], tf.float32), [-1]) * (mask if per_example else weight))
-                for n, per_example in zip(self.names, self._per_example)]
-        self._sums.assign_add(tf.stack([*sums, tf.reduce_sum(mask), tf.reduce_sum(weight)]))
+        weight = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        mask = None if example_mask is None else tf.reshape(tf.cast(example_mask, tf.float32), [-1])
+        examples = tf.cast(tf.size(values[self.names[0]]), tf.float32)  # a count of ones, without the ones
+
+        def total(value: tf.Tensor, factor: tf.Tensor | None) -> tf.Tensor:
+            value = tf.reshape(tf.cast(value, tf.float32), [-1])
+            return tf.reduce_sum(value if factor is None else value * factor)
+
+        sums = [total(values[n], mask if per_example else weight) for n, per_example in zip(self.names,
+                                                                                           self._per_example)]
+        self._sums.assign_add(tf.stack([*sums, examples if mask is None else tf.reduce_sum(mask),
+                                        examples if weight is None else tf.reduce_sum(weight)]))
 
     def _all_reduced_sums(self) -> tf.Tensor:
         local = self._strategy.run(self._sums.read_value)

@@ -205,10 +205,10 @@ class Trainer:
             loss += regularization / self.accumulation_steps if self.accumulation_steps > 1 else regularization
         return loss
 
-    def regularization_loss(self) -> tf.Tensor:
-        """The model's regularisation losses (0.0 without any), summed, at the current weights."""
+    def regularization_loss(self) -> tf.Tensor | float:
+        """The model's regularisation losses, summed, at the current weights (the float 0.0 without any: no op)."""
         if not self.model.losses:
-            return tf.constant(0.0)
+            return 0.0
         return tf.add_n([tf.cast(loss, tf.float32) for loss in self.model.losses])
 
     @staticmethod
@@ -234,7 +234,7 @@ class Trainer:
             grads = self.accumulator.combine(grads, variables, already_reduced)
             if grads is None:
                 return  # an accumulating micro-step
-        if not already_reduced:
+        if not already_reduced and self.strategy.num_replicas_in_sync > 1:
             grads = self.all_reduce_gradients(grads)
         with tf_compat.gradients_already_reduced(self.optimizer):
             self.optimizer.apply(grads, variables)
@@ -267,7 +267,9 @@ class Trainer:
         loss = tf.reshape(tf.cast(per_example_loss, tf.float32), [-1])
         if sample_weight is not None:
             loss *= tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        values = {LOSS: loss + tf.cast(regularization, tf.float32)}
+        if isinstance(regularization, tf.Tensor) or regularization:
+            loss += tf.cast(regularization, tf.float32)
+        values = {LOSS: loss}
         values.update({name: fn(labels, outputs) for name, fn in self.metric_fns.items()})
         metrics.update(values, sample_weight, example_mask)
 
@@ -283,16 +285,23 @@ class Trainer:
             micro_fn = self._replica_fn(accumulator.micro_step(self.train_step, ACCUMULATE))
             step_fn = self._replica_fn(accumulator.micro_step(self.train_step, APPLY))
 
+        per_step_rate = self.learning_rate.schedule is not None  # else the rate is constant within a call
+
         def loop(iterator, num_steps):
-            for _ in tf.range(num_steps):
-                self.learning_rate.apply(self._step_variable)
+            first_step = tf.identity(self._step_variable)
+            if not per_step_rate:
+                self.learning_rate.apply(first_step)
+            for i in tf.range(num_steps):
+                step = first_step + i  # the global step of this update (the variable is advanced once per call)
+                if per_step_rate:
+                    self.learning_rate.apply(step)
                 if micro_fn is not None:
                     for _ in tf.range(accumulator.steps - 1):
                         self.strategy.run(micro_fn, args=(next(iterator),))
                 self.strategy.run(step_fn, args=(next(iterator),))
                 if ema is not None:
-                    ema.update(self._step_variable)
-                self._step_variable.assign_add(1)
+                    ema.update(step)
+            self._step_variable.assign_add(num_steps)
 
         return compiled(loop)
 
