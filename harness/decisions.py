@@ -77,18 +77,19 @@ class Layout:
 
     def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
         w = self.num_workers
-        vector = np.zeros([self.size], np.float64)
+        vector = [0.0] * self.size  # a list, then one array: numpy is slow on a few elements at a time
         vector[worker_index] = float(votes.stop_reason is not None)
         vector[w + worker_index] = float(votes.signal)
-        vector[[2 * w + i for i in votes.savers]] = 1.0
+        for i in votes.savers:
+            vector[2 * w + i] = 1.0
         if is_chief:  # learning-rate changes take the chief's values
             for slot, value in zip(self._lr_slots(), (votes.lr_base, votes.lr_scale)):
                 if value is not None:
-                    vector[slot:slot + 2] = (1.0, value)
-        vector[self._times_start() + worker_index] = votes.seconds
+                    vector[slot:slot + 2] = (1.0, float(value))
+        vector[self._times_start() + worker_index] = float(votes.seconds)
         if votes.rollback_reason is not None:
-            vector[self._times_start() + w + worker_index] = votes.rollback_lr_factor
-        return vector
+            vector[self._times_start() + w + worker_index] = float(votes.rollback_lr_factor)
+        return np.array(vector, np.float64)
 
     def _times_start(self) -> int:
         return 2 * self.num_workers + self.num_savers + 4
@@ -98,18 +99,19 @@ class Layout:
         return start, start + 2
 
     def decode(self, total: np.ndarray, stop_reason: str | None = None) -> Decision:
-        w, s = self.num_workers, self.num_savers
-        signals = total[w:2 * w]
-        signalled = tuple(int(i) for i in np.flatnonzero(signals > 0.5))
-        lr = [total[k + 1] if total[k] > 0.5 else None for k in self._lr_slots()]
-        factors = total[self._times_start() + w:self._times_start() + 2 * w]
-        rollback = tuple(int(i) for i in np.flatnonzero(factors > 0))
-        return Decision(stop_voters=tuple(int(i) for i in np.flatnonzero(total[:w] > 0.5)), stop_reason=stop_reason,
-                        signal=int(round(signals[signalled[0]])) if signalled else 0, signalled=signalled,
-                        savers=tuple(int(i) for i in np.flatnonzero(total[2 * w:2 * w + s] > 0.5)),
-                        lr_base=lr[0], lr_scale=lr[1],
-                        seconds=tuple(float(t) for t in total[self._times_start():self._times_start() + w]),
-                        rollback_voters=rollback, rollback_lr_factor=float(factors[rollback[0]]) if rollback else 1.0)
+        w, s, times = self.num_workers, self.num_savers, self._times_start()
+        values = total.tolist()
+
+        def voters(start: int, count: int, threshold: float = 0.5) -> tuple[int, ...]:
+            return tuple(i for i, v in enumerate(values[start:start + count]) if v > threshold)
+
+        signalled, rollback = voters(w, w), voters(times + w, w, 0.0)
+        lr = [values[k + 1] if values[k] > 0.5 else None for k in self._lr_slots()]
+        return Decision(stop_voters=voters(0, w), stop_reason=stop_reason,
+                        signal=int(round(values[w + signalled[0]])) if signalled else 0, signalled=signalled,
+                        savers=voters(2 * w, s), lr_base=lr[0], lr_scale=lr[1], seconds=tuple(values[times:times + w]),
+                        rollback_voters=rollback,
+                        rollback_lr_factor=values[times + w + rollback[0]] if rollback else 1.0)
 
 
 def encode_reason(reason: str) -> np.ndarray:
