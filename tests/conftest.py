@@ -55,13 +55,3 @@ def run_script(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 
-
-def pytest_collection_modifyitems(items):
-    """The suite runs on 2 pytest-xdist workers (`-n 2 --dist loadgroup`, in pyproject.toml). The
-    multi-process tests run one at a time on one worker (two clusters at once on 2 cores would starve
-    each other's heartbeats), and the tests of one benchmark run share it on one worker."""
-    for item in items:
-        if item.get_closest_marker("multiprocess"):
-            item.add_marker(pytest.mark.xdist_group("processes"))
-        elif "tiny" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("tiny_benchmark"))
