@@ -1,8 +1,9 @@
 """The learning rate as variables: (per-step schedule(global_step) or base) x scale.
 
-The optimizer's own learning-rate variable is assigned from these before every step, inside
-the compiled loop, so changing the rate never retraces; a per-step schedule is evaluated in
-graph from the global step; and a plateau reduction (the scale) composes with any schedule.
+The optimizer's own learning-rate variable is assigned from these inside the compiled loop (once
+per call, as they change only between calls; before every step with a per-step schedule), so
+changing the rate never retraces; a per-step schedule is evaluated in graph from the global step;
+and a plateau reduction (the scale) composes with any schedule.
 All three parts are checkpointed, so a resumed run continues with the same rate.
 """
 

@@ -140,7 +140,7 @@ class Trainer:
                             if gradient_accumulation_steps > 1 else None)
         self.ema = WeightAverage(strategy, model, ema_decay) if ema_decay is not None else None
         self.optimizer = optimizer
-        self.optimizer_config = optimizer.get_config()  # as the user built it (its rate is assigned every step)
+        self.optimizer_config = optimizer.get_config()  # as the user built it (the loop assigns its rate)
         self.learning_rate = LearningRate(strategy, optimizer)
         names = (LOSS, *self.metric_fns)
         self.train_metrics = MeanMetrics(strategy, names, "train")
