@@ -3,7 +3,7 @@ context through which a callback asks the trainer for collective decisions."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 class CallbackContext(Protocol):
@@ -105,6 +105,13 @@ class Callback:
     """
 
     context: CallbackContext
+
+    #: True when every request this callback makes (stop, save, rollback, learning rate) follows only from
+    #: what every worker sees alike (logs, steps, epochs, its own checkpointed state): never from a clock,
+    #: `worker_index` or `is_chief`. When every callback of a multi-worker fit says so, the workers skip the
+    #: all-reduce that agrees on a loop's requests unless one is made (see `harness.controller`): at one
+    #: step per loop that all-reduce costs about as much as the step. False (always agree) by default.
+    identical_on_every_worker: ClassVar[bool] = False
 
     def set_context(self, context: CallbackContext) -> None:
         self.context = context

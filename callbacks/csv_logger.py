@@ -31,6 +31,8 @@ class CSVLogger(Callback):
     A directory where the file belongs fails before the first step (`FileFailure`, an OSError).
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, filename: str | None = None, separator: str = ",", append: bool = False):
         if len(separator) != 1:
             raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")

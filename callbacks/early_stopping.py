@@ -29,6 +29,8 @@ class EarlyStopping(Callback):
     validations, the monitor must be a `val_` metric, and the stop is agreed at that step.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
                  mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False,
                  start_from_epoch: int = 0, *, check_finite: bool = True, stopping_threshold: float | None = None,

@@ -14,6 +14,8 @@ class History(Callback):
     validation in step order (the step-wise ones and the epoch ends'): `{"step": S, "val_...": ...}`.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self):
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}

@@ -29,6 +29,8 @@ class LearningRateScheduler(Callback):
     The optimizer's rate stays a variable either way, and the effective rate is logged as `lr`.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, schedule: Callable, verbose: int = 0):
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler: schedule must be callable, got {schedule!r}")

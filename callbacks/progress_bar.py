@@ -39,6 +39,8 @@ class ProgressBar(Callback):
     took: the training steps (and their rate) and the validation, separately.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, stream: TextIO | None = None, updates_per_epoch: int = 10, log_every_s: float = 15.0,
                  width: int = 30):
         if updates_per_epoch < 1:

@@ -23,6 +23,8 @@ class ReduceLROnPlateau(Callback):
     then count validations, and the monitor must be a `val_` metric.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, *,
                  monitor_freq: str = "epoch"):

@@ -26,6 +26,8 @@ class RollbackOnNaN(Callback):
     are part of the run's state: a resume continues exactly after them.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, divergence_threshold: float | None = None, lr_factor: float = 1.0, max_rollbacks: int = 3):
         if divergence_threshold is not None and not math.isfinite(divergence_threshold):
             raise ValueError(f"RollbackOnNaN: divergence_threshold must be a finite number, got {divergence_threshold}")

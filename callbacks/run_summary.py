@@ -32,6 +32,8 @@ class RunSummary(Callback):
     train begin, before the first step.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, strategy_name: str, extra: dict[str, Any] | None = None):
         self.strategy_name, self.extra = strategy_name, dict(extra or {})
         self.workers: list[dict[str, float | int]] = []

@@ -1,9 +1,10 @@
 """The straggler view: how the workers' busy times compare, in one place for every callback that shows it.
 
-A worker's busy time is its time between two decision points, without the wait at the
-second one: its K-step loop and its hooks. The steps' own collectives make every worker wait
-for the slowest inside the loop, so a worker that is slow outside it (its callbacks, its host)
-stands out; one that is slow inside it makes everyone's loop slow alike.
+A worker's busy time between two decision points is its own time outside the K-step loop (its
+hooks, its host) plus the fastest worker's loop. The steps' own collectives make every worker
+wait for the slowest inside the loop (where a worker's wait for one slow outside it lands too,
+when decisions ride on the next loop: see `harness.controller`), so the loop counts alike for
+all; a worker that is slow outside it stands out, and one slow inside it slows everyone.
 """
 
 from __future__ import annotations

@@ -73,6 +73,8 @@ class TensorBoard(Callback):
     `log_dir` defaults to `<model_dir>/tensorboard`.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, log_dir: str | None = None, histogram_freq: int = 0, write_graph: bool = True,
                  update_freq: str | int = "epoch", profile_batch: int | tuple[int, int] = 0):
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):

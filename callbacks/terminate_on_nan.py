@@ -16,6 +16,8 @@ class TerminateOnNaN(Callback):
     the last good checkpoint survives. Costs one metric read per loop.
     """
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def wants_batch_logs(self, step):
         return True
 

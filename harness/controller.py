@@ -6,6 +6,15 @@ hooks and decisions. At every decision point the votes of this worker's callback
 (a signal, the checkpoint cadence) are agreed with every worker into one `Decision`, and the
 loop acts on that decision only.
 
+Mid-epoch, a separate agreement would cost one all-reduce per loop (at one step per loop, as
+much as the step). When every callback is `identical_on_every_worker`, the requests at a loop's
+decision point (its callbacks', the step cadence's) are the same on every worker, so they need
+no agreement: only a point where one is made agrees at once, and so does an epoch's last loop
+(its busy times reach `on_epoch_end`). What only this worker knows (a signal, its busy time,
+the chief's clock for timed checkpoints) rides on the next loop's call instead
+(`Trainer.run_train_loop(votes=...)`) and is acted on at the next decision point, by every
+worker: a signal takes one loop longer, and every action still happens at one step everywhere.
+
 One state per step: the checkpoint at global step S holds the state after everything of step
 S ran, its epoch end included when S ends an epoch. So at the decision point after an epoch's
 last loop, saves and signals wait for the epoch end (which follows at once); only a stop
@@ -24,6 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 
 from callbacks.base import Callback
@@ -93,7 +103,13 @@ class Controller:
         self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
         self._departed = time.monotonic()  # when this worker left the last decision point
+        self._in_loop = 0.0  # ... and how long it has been in the K-step loop's calls since
         self._rolled_back = False  # a rollback restored a checkpoint: the input pipeline starts again
+        # Mid-epoch, what only this worker knows rides on the next loop's call (see the module doc):
+        self.lagged = self.cluster.num_workers > 1 and all(cb.identical_on_every_worker
+                                                           for cb in self.callbacks.callbacks)
+        self._unsent: np.ndarray | None = None  # this worker's votes of the last loop's point, for the next call
+        self._arrived: np.ndarray | None = None  # every worker's, as the last call summed them
 
     @property
     def history(self) -> History:
@@ -233,7 +249,7 @@ class Controller:
                                                                    plan.steps_per_epoch - state.step_in_epoch))
             wants_logs = callbacks.wants_batch_logs(state.global_step + k)
             callbacks.on_train_batch_begin(state.global_step)
-            trainer.run_train_loop(iterator, k)
+            self.run_loop(iterator, k)
             state.global_step += k
             state.step_in_epoch += k
             callbacks.on_train_batch_end(state.global_step, trainer.train_metrics.result() if wants_logs else {})
@@ -243,6 +259,17 @@ class Controller:
             if self._decide(context, LAST_LOOP if last else LOOP).stop or self._rolled_back:
                 return False
         return True
+
+    def run_loop(self, iterator, k: int) -> None:
+        """One call of the trainer's K-step loop; lagged, it carries this worker's last votes (see the module doc)."""
+        started = time.monotonic()
+        if self.lagged:
+            unsent, self._unsent = self._unsent, None
+            self._arrived = self.trainer.run_train_loop(
+                iterator, k, unsent if unsent is not None else np.zeros([self.maker.layout.size]))
+        else:
+            self.trainer.run_train_loop(iterator, k)
+        self._in_loop += time.monotonic() - started
 
     def _validate(self) -> dict[str, float]:
         """One validation at the current step; its `val_` logs go to `on_validation_end` (and are returned)."""
@@ -261,26 +288,42 @@ class Controller:
 
     # ----- decision points --------------------------------------------------------------------
 
-    def _own_votes(self, votes: Votes) -> None:
-        """This worker's own votes: a signal it received, and checkpoints every N steps or T seconds."""
-        trainer = self.trainer
-        votes.seconds = time.monotonic() - self._departed
-        votes.signal = votes.signal or WATCHER.received
+    def _local_votes(self, point: str) -> Votes:
+        """What only this worker knows: a signal it received, its busy time, the chief's clock for timed saves."""
+        local = Votes(signal=WATCHER.received, seconds=time.monotonic() - self._departed - self._in_loop,
+                      loop_seconds=self._in_loop)
+        every_seconds = self.trainer.checkpoint_every_n_seconds
+        if every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds:
+            local.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
+        if point in (EPOCH_BEGIN, EPOCH_END):
+            local.seconds = local.loop_seconds = 0.0  # the straggler view counts the loops' busy time only
+        return local
+
+    def _shared_votes(self, votes: Votes) -> None:
+        """Adds what every worker knows alike: checkpoints every N steps, and what an epoch's last loop carried."""
         votes.savers |= self._carried.savers
         votes.signal = votes.signal or self._carried.signal
         self._carried = Votes()
-        every_steps, every_seconds = trainer.checkpoint_every_n_steps, trainer.checkpoint_every_n_seconds
+        every_steps = self.trainer.checkpoint_every_n_steps
         if every_steps and crosses_multiple(self._cadence_from, self.state.global_step, every_steps):
             votes.savers.add(0)
-        if every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds:
-            votes.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
+
+    def _agree(self, votes: Votes, point: str) -> tuple[Decision, Votes | None]:
+        """The decision at this point, and (lagged, when nothing is asked) this worker's votes still to send."""
+        local = self._local_votes(point)
+        self._shared_votes(votes)
+        arrived, self._arrived = self._arrived, None
+        if self.lagged and point == LOOP and not votes.ask_anything:
+            return (self.maker.layout.decode(arrived) if arrived is not None else Decision()), local
+        votes.signal, votes.savers = votes.signal or local.signal, votes.savers | local.savers
+        votes.seconds, votes.loop_seconds = votes.seconds + local.seconds, votes.loop_seconds + local.loop_seconds
+        return self.maker.agree(votes, arrived), None
 
     def _decide(self, context: TrainerContext, point: str) -> Decision:
         """Agrees on this point's votes with every worker and acts on the decision (see the module doc)."""
         votes = context.take_votes()
-        self._own_votes(votes)
-        decision = self.maker.agree(votes)
-        self._departed = time.monotonic()
+        decision, unsent = self._agree(votes, point)
+        self._departed, self._in_loop = time.monotonic(), 0.0
         self._record_worker_seconds(context, decision, point)
         if decision.rollback:
             return self._roll_back(decision, votes)
@@ -291,8 +334,10 @@ class Controller:
             self.trainer.learning_rate.set_scale(decision.lr_scale)
         if decision.stop_reason is not None and state.stop_reason is None:
             state.stop_reason = decision.stop_reason
-        if before_epoch_end and decision.stop_reason is None:
-            self._carried = Votes(signal=decision.signal, savers=set(decision.savers))  # for the epoch end
+        if unsent is not None:
+            self._unsent = self.maker.encode(unsent)
+        if before_epoch_end and decision.stop_reason is None:  # saves and signals wait for the epoch end
+            self._carried = Votes(signal=decision.signal, savers=set(decision.savers))
             return Decision()
         if decision.signal and state.signal is None:
             state.signal = decision.signal_name
@@ -312,7 +357,7 @@ class Controller:
         reason = votes.rollback_reason or f"asked by worker {decision.rollback_voters[0]}"
         rollback.roll_back(self.trainer, self.state, self.callbacks, decision.rollback_lr_factor, reason)
         self._saved_step = self._cadence_from = self.state.global_step  # that checkpoint + the record: this state
-        self._carried, self._rolled_back = Votes(), True
+        self._carried, self._rolled_back, self._unsent = Votes(), True, None
         self.callbacks.on_rollback(self.state.global_step)
         if decision.signal and self.state.signal is None:  # nothing to save: the checkpoint and the record hold it
             self.state.signal = decision.signal_name
@@ -324,6 +369,8 @@ class Controller:
             return
         if point == EPOCH_BEGIN:
             context.worker_seconds, context.epoch_worker_seconds = (), tuple(0.0 for _ in decision.seconds)
+            return
+        if not any(decision.seconds):  # nothing reported here (lagged: an epoch's first call carried no times)
             return
         context.worker_seconds = decision.seconds
         context.epoch_worker_seconds = tuple(a + b for a, b in zip(context.epoch_worker_seconds or

@@ -2,7 +2,8 @@
 
 On one worker nothing is communicated (but the same encode/decode runs, so one code path is
 tested everywhere). On several, decisions take one small all-reduce (two when a stop's reason
-travels), and settings are compared through the coordination service at the start.
+travels), or ride on the next training loop's call (`sum_over_workers` inside it: see
+`harness.controller`), and settings are compared through the coordination service at the start.
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from harness.errors import SetupError
 SETTINGS_KEY = "harness/settings/{attempt}/{task}"
 
 
+def sum_over_workers(strategy: tf.distribute.Strategy, vector: tf.Tensor, local_replicas: int) -> tf.Tensor:
+    """The sum of every worker's `vector` (cross-replica context, in a `tf.function`): one all-reduce."""
+    per_replica = strategy.run(tf.identity, args=(vector,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) / local_replicas
+
+
 class DecisionMaker:
     """Agrees on a `Decision` from every worker's `Votes`; free (no communication) on one worker."""
 
     def __init__(self, strategy: tf.distribute.Strategy, cluster: ClusterInfo, num_savers: int):
         self._strategy, self._cluster = strategy, cluster
-        self._layout = Layout(cluster.num_workers, num_savers)
+        self.layout = Layout(cluster.num_workers, num_savers)
         self._local_replicas = cluster.num_replicas_per_worker
         self._sums = {}
+        self.all_reduces = 0  # how many this worker took part in (a test counts them)
+        self._me = cluster.worker_index if cluster.num_workers > 1 else 0  # alone, a worker has slot 0
 
     def _sum(self, vector: np.ndarray) -> np.ndarray:
         """The sum of `vector` over workers (each worker's local replicas contribute one copy)."""
@@ -39,22 +48,27 @@ class DecisionMaker:
         if size not in self._sums:
             self._sums[size] = WATCHDOG.watched(compiled(self._all_reduce_sum,
                                                           input_signature=[tf.TensorSpec([size], tf.float64)]))
-        return self._sums[size](tf.constant(vector)).numpy() / self._local_replicas
+        self.all_reduces += 1
+        return self._sums[size](tf.constant(vector)).numpy()
 
     def _all_reduce_sum(self, vector: tf.Tensor) -> tf.Tensor:
-        per_replica = self._strategy.run(tf.identity, args=(vector,))
-        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return sum_over_workers(self._strategy, vector, self._local_replicas)
 
-    def agree(self, votes: Votes) -> Decision:
-        me = self._cluster.worker_index if self._cluster.num_workers > 1 else 0  # alone, a worker has slot 0
-        total = self._sum(self._layout.encode(votes, me, self._cluster.is_chief))
-        decision = self._layout.decode(total)
+    def encode(self, votes: Votes) -> np.ndarray:
+        """This worker's `votes` as its share of the sum that `agree` decodes (or a loop call carries)."""
+        return self.layout.encode(votes, self._me, self._cluster.is_chief)
+
+    def agree(self, votes: Votes, agreed: np.ndarray | None = None) -> Decision:
+        """The decision of every worker's `votes`, together with `agreed` (a sum of encodings agreed already)."""
+        total = self._sum(self.encode(votes))
+        if agreed is not None:
+            total = total + agreed
+        decision = self.layout.decode(total)
         if not decision.stop_voters:
             return decision
-        first = decision.stop_voters[0]
-        mine = encode_reason(votes.stop_reason or "") if me == first else np.zeros_like(encode_reason(""))
+        mine = encode_reason((votes.stop_reason or "") if self._me == decision.stop_voters[0] else "")
         reason = votes.stop_reason if self._cluster.num_workers == 1 else decode_reason(self._sum(mine))
-        return self._layout.decode(total, stop_reason=reason)
+        return self.layout.decode(total, stop_reason=reason)
 
     def all_equal(self, value: int) -> bool:
         """Whether every worker holds the same integer `value` (one all-reduce)."""

@@ -32,9 +32,16 @@ class Votes:
     savers: set[int] = dataclasses.field(default_factory=set)
     lr_base: float | None = None
     lr_scale: float | None = None
-    seconds: float = 0.0  # this worker's busy time since the last decision point (its arrival here)
+    seconds: float = 0.0  # this worker's time outside the K-step loop since the last decision point (its hooks)
+    loop_seconds: float = 0.0  # ... and inside it (with its waits for the others in the steps' collectives)
     rollback_reason: str | None = None  # restore the newest checkpoint and skip the data since (harness.rollback)
     rollback_lr_factor: float = 1.0  # ... and multiply the learning rate by this (> 0)
+
+    @property
+    def ask_anything(self) -> bool:
+        """Whether these votes ask for an action (beyond reporting the busy time)."""
+        return bool(self.stop_reason is not None or self.signal or self.savers or self.lr_base is not None
+                    or self.lr_scale is not None or self.rollback_reason is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +55,9 @@ class Decision:
     savers: tuple[int, ...] = ()
     lr_base: float | None = None
     lr_scale: float | None = None
-    seconds: tuple[float, ...] = ()  # every worker's busy time since the last decision point, by worker index
+    # Every worker's busy time since the last decision point, by worker index: its time outside the K-step loop
+    # plus the fastest loop's (the steps' collectives make each loop wait for the slowest: not its own time).
+    seconds: tuple[float, ...] = ()
     rollback_voters: tuple[int, ...] = ()
     rollback_lr_factor: float = 1.0  # the lowest-numbered rollback voter's factor
 
@@ -68,12 +77,12 @@ class Decision:
 
 
 class Layout:
-    """Where each vote sits: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs, W times,
-    W rollback slots (each voter's learning-rate factor, > 0)."""
+    """Where each vote sits: W stop slots, W signal slots, S saver slots, two LR (flag, value) pairs, W times
+    outside the loop and W inside, W rollback slots (each voter's learning-rate factor, > 0)."""
 
     def __init__(self, num_workers: int, num_savers: int):
         self.num_workers, self.num_savers = num_workers, num_savers
-        self.size = 4 * num_workers + num_savers + 4
+        self.size = 5 * num_workers + num_savers + 4
 
     def encode(self, votes: Votes, worker_index: int, is_chief: bool) -> np.ndarray:
         w = self.num_workers
@@ -86,9 +95,10 @@ class Layout:
             for slot, value in zip(self._lr_slots(), (votes.lr_base, votes.lr_scale)):
                 if value is not None:
                     vector[slot:slot + 2] = (1.0, float(value))
-        vector[self._times_start() + worker_index] = float(votes.seconds)
+        times = self._times_start()
+        vector[times + worker_index], vector[times + w + worker_index] = float(votes.seconds), float(votes.loop_seconds)
         if votes.rollback_reason is not None:
-            vector[self._times_start() + w + worker_index] = float(votes.rollback_lr_factor)
+            vector[times + 2 * w + worker_index] = float(votes.rollback_lr_factor)
         return np.array(vector, np.float64)
 
     def _times_start(self) -> int:
@@ -105,13 +115,15 @@ class Layout:
         def voters(start: int, count: int, threshold: float = 0.5) -> tuple[int, ...]:
             return tuple(i for i, v in enumerate(values[start:start + count]) if v > threshold)
 
-        signalled, rollback = voters(w, w), voters(times + w, w, 0.0)
+        signalled, rollback = voters(w, w), voters(times + 2 * w, w, 0.0)
         lr = [values[k + 1] if values[k] > 0.5 else None for k in self._lr_slots()]
+        step = min(values[times + w:times + 2 * w])
         return Decision(stop_voters=voters(0, w), stop_reason=stop_reason,
                         signal=int(round(values[w + signalled[0]])) if signalled else 0, signalled=signalled,
-                        savers=voters(2 * w, s), lr_base=lr[0], lr_scale=lr[1], seconds=tuple(values[times:times + w]),
+                        savers=voters(2 * w, s), lr_base=lr[0], lr_scale=lr[1],
+                        seconds=tuple(outside + step for outside in values[times:times + w]),
                         rollback_voters=rollback,
-                        rollback_lr_factor=values[times + w + rollback[0]] if rollback else 1.0)
+                        rollback_lr_factor=values[times + 2 * w + rollback[0]] if rollback else 1.0)
 
 
 def encode_reason(reason: str) -> np.ndarray:

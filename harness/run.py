@@ -108,6 +108,8 @@ def clear_outputs(config: RunConfig) -> None:
 class _CheckExportDir(Callback):
     """Fails before the first step, not after training, when the export directory cannot be written."""
 
+    identical_on_every_worker = True  # its requests follow from the logs and steps alone
+
     def __init__(self, export_dir: str):
         self.export_dir = export_dir
 

@@ -8,11 +8,11 @@ a tensor, so neither K nor the epoch ever retraces it (the Orbit pattern). The o
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from callbacks.base import Callback
@@ -25,6 +25,7 @@ from harness.collective_watchdog import WATCHDOG
 from harness.compiled import compiled
 from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
+from harness.decision_maker import sum_over_workers
 from harness.ema import WeightAverage, check_decay
 from harness.errors import UsageError
 from harness.learning_rate import LearningRate
@@ -33,8 +34,12 @@ from harness.metrics import LOSS, METRICS, MetricFn
 from harness.model_saving import ModelSaver
 from harness.run_state import RunState
 from harness.strategy import input_options
-
-log = logging.getLogger(__name__)
+from harness.trainer_checks import (
+    check_created_in_scope,
+    check_xla_devices,
+    positive_or_none,
+    warn_unsynchronised_batch_norm,
+)
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -44,46 +49,6 @@ def unpack(batch) -> tuple[Any, Any, Any]:
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return (*batch, None) if len(batch) == 2 else tuple(batch)
     raise UsageError("each batch must be (features, labels) or (features, labels, sample_weight)")
-
-
-def _check_created_in_scope(strategy: tf.distribute.Strategy, model: keras.Model) -> None:
-    for variable in model.variables:
-        if not strategy.extended.variable_created_in_scope(getattr(variable, "value", variable)):
-            raise UsageError(f"variable {variable.path} was not created under strategy.scope(); "
-                             "build the model inside `with strategy.scope():`")
-
-
-def _layers(layer: keras.layers.Layer):
-    yield layer
-    for child in getattr(layer, "layers", ()):
-        yield from _layers(child)
-
-
-def _warn_unsynchronised_batch_norm(model: keras.Model, num_replicas: int) -> None:
-    """Per-replica batch statistics make N replicas compute something else than one device, and their
-    moving statistics drift apart (evaluation then depends on the replica read, and a resume changes it)."""
-    unsynced = [layer.name for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)
-                and not layer.synchronized]
-    if num_replicas > 1 and unsynced:
-        log.warning("%d BatchNormalization layer(s) of %s (%s...) are not synchronised: on %d replicas each "
-                    "normalises with its own batch and keeps its own moving statistics; build them with "
-                    "keras.layers.BatchNormalization(synchronized=True).", len(unsynced), model.name,
-                    unsynced[0], num_replicas)
-
-
-def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:
-    if strategy.num_replicas_in_sync == 1:
-        return
-    devices = strategy.extended.worker_devices
-    if len(devices) > 1 and all("CPU" in d.upper() for d in devices):
-        raise UsageError("cannot run several replicas on logical CPU devices (XLA compiles them all for CPU:0); "
-                         "use it with one CPU replica, or on GPUs or TPUs", argument="jit_compile")
-
-
-def _positive_or_none(**values: float | None) -> None:
-    for name, value in values.items():
-        if value is not None and not 0 < value < float("inf"):
-            raise UsageError(f"must be > 0, got {value}", argument=name)
 
 
 class Trainer:
@@ -113,7 +78,7 @@ class Trainer:
             raise UsageError(f"must be >= 1, got {steps_per_execution}", argument="steps_per_execution")
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
             raise UsageError(f"must be >= 1, got {checkpoint_every_n_steps}", argument="checkpoint_every_n_steps")
-        _positive_or_none(checkpoint_every_n_seconds=checkpoint_every_n_seconds)
+        positive_or_none(checkpoint_every_n_seconds=checkpoint_every_n_seconds)
         self.strategy, self.model, self.loss = strategy, model, loss
         self.global_batch_size, self.steps_per_execution = global_batch_size, steps_per_execution
         self.jit_compile, self.model_dir, self.settings = jit_compile, model_dir, settings
@@ -121,14 +86,14 @@ class Trainer:
                                                                           checkpoint_every_n_seconds)
         self.cluster = cluster or ClusterInfo.from_strategy(strategy)  # override only to simulate a task
         if jit_compile:
-            _check_xla_devices(strategy)
+            check_xla_devices(strategy)
         per_replica_batch_size(global_batch_size, self.cluster.num_replicas)  # an uneven split is a clear error
         check_split(global_batch_size, gradient_accumulation_steps, self.cluster.num_replicas)
         check_decay(ema_decay)
         self.accumulation_steps = gradient_accumulation_steps
         self.metric_fns = dict(metrics if metrics is not None else METRICS)
-        _check_created_in_scope(strategy, model)
-        _warn_unsynchronised_batch_norm(model, self.cluster.num_replicas)
+        check_created_in_scope(strategy, model)
+        warn_unsynchronised_batch_norm(model, self.cluster.num_replicas)
         with strategy.scope():
             if model.dtype_policy.name == "mixed_float16" and not isinstance(
                     optimizer, keras.optimizers.LossScaleOptimizer):
@@ -287,7 +252,10 @@ class Trainer:
 
         per_step_rate = self.learning_rate.schedule is not None  # else the rate is constant within a call
 
-        def loop(iterator, num_steps):
+        def loop(iterator, num_steps, votes=None):
+            # Every worker's votes, summed first: no data depends on it, so it overlaps the first step's compute.
+            agreed = None if votes is None else sum_over_workers(self.strategy, votes,
+                                                                 self.cluster.num_replicas_per_worker)
             first_step = tf.identity(self._step_variable)
             if not per_step_rate:
                 self.learning_rate.apply(first_step)
@@ -302,6 +270,7 @@ class Trainer:
                 if ema is not None:
                     ema.update(step)
             self._step_variable.assign_add(num_steps)
+            return agreed
 
         return compiled(loop)
 
@@ -315,12 +284,19 @@ class Trainer:
             self._num_steps[k] = tf.constant(k, tf.int64)
         return self._num_steps[k]
 
-    def run_train_loop(self, iterator, num_steps: int) -> None:
-        """Runs `num_steps` training steps in one compiled call (retraced only when the LR schedule changes)."""
+    def run_train_loop(self, iterator, num_steps: int, votes: np.ndarray | None = None) -> np.ndarray | None:
+        """Runs `num_steps` training steps in one compiled call (retraced only when the LR schedule changes).
+
+        With `votes` (a decision vector: see `harness.decision_maker`), the same call sums them over
+        every worker and returns the sum, so that agreeing costs no call and no round trip of its own.
+        """
         if self._train_loop is None or self._traced_schedule is not self.learning_rate.schedule:
             self._train_loop, self._traced_schedule = self._make_train_loop(), self.learning_rate.schedule
         with WATCHDOG.watching():
-            self._train_loop(iterator, self._steps_tensor(num_steps))
+            if votes is None:
+                self._train_loop(iterator, self._steps_tensor(num_steps))
+                return None
+            return self._train_loop(iterator, self._steps_tensor(num_steps), tf.constant(votes)).numpy()
 
     @property
     def train_loop_traces(self) -> int:

@@ -6,6 +6,7 @@ worker did, so the test can check that every worker took every decision at the s
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -46,12 +47,31 @@ class FailOnOneWorker(Callback):
 class SleepOnWorker(Callback):
     """Makes one worker slow outside the step (a heavy callback): the straggler view must name it."""
 
+    identical_on_every_worker = True  # it asks for nothing: the workers agree one loop later (lagged)
+
     def __init__(self, worker, seconds, from_step=0):
         self.worker, self.seconds, self.from_step = worker, seconds, from_step
 
     def on_train_batch_end(self, step, logs=None):
         if self.context.worker_index == self.worker and step >= self.from_step:
             time.sleep(self.seconds)
+
+
+class SignalOnWorker(Callback):
+    """SIGTERMs one worker's own process (a preemption notice) at the end of the loop that ends at `step`."""
+
+    identical_on_every_worker = True
+
+    def __init__(self, worker, step):
+        self.worker, self.step = worker, step
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.context.worker_index == self.worker and step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class AsksNothing(Callback):
+    """A user's callback that does not say `identical_on_every_worker`: every loop's point agrees at once."""
 
 
 def threads():
@@ -113,7 +133,11 @@ def nan_on_pipeline(train, pipeline, after_steps):
 
 def report(phase, t):
     print("RESULT " + json.dumps({"phase": phase, "worker": t.cluster.worker_index, "step": t.global_step,
-                                  "epochs": t.epochs_completed, "stop_reason": t.stop_reason}), flush=True)
+                                  "epochs": t.epochs_completed, "stop_reason": t.stop_reason,
+                                  "lagged": t.controller.lagged, "all_reduces": t.controller.maker.all_reduces,
+                                  "preempted": t.preempted, "saved": (t.last_checkpoint or [None])[0],
+                                  "weights": float(sum(np.sum(w, dtype=np.float64) for w in t.model.get_weights()))}),
+          flush=True)
 
 
 def main(out_dir, data_dir):
@@ -130,6 +154,15 @@ def main(out_dir, data_dir):
     t.fit(nan_on_pipeline(train, pipeline=1, after_steps=5), epochs=3, steps_per_epoch=10,
           callbacks=[TerminateOnNaN()])
     report("nan", t)
+
+    for phase, callbacks in (("lagged", [TerminateOnNaN()]), ("agreed", [TerminateOnNaN(), AsksNothing()])):
+        t = trainer(strategy, source, None)  # 2 epochs of 5 loops: the decision points' all-reduces are counted
+        t.fit(train, epochs=2, steps_per_epoch=10, callbacks=callbacks)
+        report(phase, t)
+
+    t = trainer(strategy, source, f"{out_dir}/signal")  # worker 1 alone is signalled after the loop ending at step 4
+    t.fit(train, epochs=2, steps_per_epoch=10, callbacks=[SignalOnWorker(worker=1, step=4)])
+    report("signal", t)
 
     t = trainer(strategy, source, f"{out_dir}/early")
     t.fit(train, epochs=5, steps_per_epoch=4, callbacks=[EarlyStopping(monitor="loss", min_delta=10.0)])

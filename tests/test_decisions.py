@@ -83,8 +83,14 @@ def test_every_worker_learns_every_workers_busy_time():
     assert decision.seconds == (0.5, 2.0, 0.25)
 
 
+def test_busy_times_are_each_workers_time_outside_the_loop_plus_the_fastest_loop():
+    """A worker's wait for the others inside the steps' collectives is not its own time: the fastest loop counts."""
+    decision = agree([Votes(seconds=0.1, loop_seconds=1.3), Votes(seconds=0.5, loop_seconds=1.0)])
+    assert decision.seconds == pytest.approx((1.1, 1.5))
+
+
 def test_the_vote_vector_is_small():
-    assert Layout(num_workers=2, num_savers=8).size == 4 * 2 + 8 + 4
+    assert Layout(num_workers=2, num_savers=8).size == 5 * 2 + 8 + 4
 
 
 def test_a_rollback_asked_by_one_worker_is_taken_by_all_with_the_lowest_voters_factor():
@@ -93,3 +99,11 @@ def test_a_rollback_asked_by_one_worker_is_taken_by_all_with_the_lowest_voters_f
     assert decision.rollback and decision.rollback_voters == (1, 2) and decision.rollback_lr_factor == 0.5
     assert not decision.stop  # a rollback is not a stop
     assert not agree([Votes(), Votes()]).rollback and agree([Votes()]).rollback_lr_factor == 1.0
+
+
+def test_only_requests_ask_for_an_action_and_busy_times_do_not():
+    """The controller agrees at once at a loop's point only when a vote asks for an action (harness.controller)."""
+    assert not Votes().ask_anything and not Votes(seconds=1.0, loop_seconds=2.0).ask_anything
+    asking = [Votes(stop_reason="x"), Votes(signal=int(signal.SIGTERM)), Votes(savers={0}), Votes(lr_base=0.1),
+              Votes(lr_scale=0.5), Votes(rollback_reason="nan")]
+    assert all(v.ask_anything for v in asking)

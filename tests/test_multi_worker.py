@@ -122,7 +122,18 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, 
     # Early stopping: both stop after the second epoch.
     assert results[("early", 0)]["epochs"] == results[("early", 1)]["epochs"] == 2
     assert results[("early", 0)]["stop_reason"] == results[("early", 1)]["stop_reason"]
-    for phase in ("vote", "nan", "early"):
+    # Only the harness's callbacks (each identical_on_every_worker): a loop's decision point needs no all-reduce
+    # of its own unless a request is made: 1 at the start and 3 per epoch (its begin, last loop and end) instead of
+    # one per loop (1 + 7 per epoch); the training is the same.
+    assert [results[(p, w)]["lagged"] for p in ("lagged", "agreed") for w in (0, 1)] == [True, True, False, False]
+    assert [results[("lagged", w)]["all_reduces"] for w in (0, 1)] == [7, 7], results
+    assert [results[("agreed", w)]["all_reduces"] for w in (0, 1)] == [15, 15], results
+    assert results[("lagged", 0)]["weights"] == pytest.approx(results[("agreed", 0)]["weights"], rel=1e-6)
+    # A signal on worker 1 alone, lagged: it rides on the next loop's call, and both workers save step 6 and stop.
+    for w in (0, 1):
+        assert (results[("signal", w)]["preempted"], results[("signal", w)]["step"]) == (True, 6), results
+        assert results[("signal", w)]["saved"] == 6
+    for phase in ("vote", "nan", "early", "signal"):
         assert not [f for f in files_under(tmp_path / phase) if "tmp" in f]
     # The README's custom steps make the same update on a 2-worker cluster as on one device.
     for trainer_cls in EXAMPLES:
