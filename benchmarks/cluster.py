@@ -56,15 +56,23 @@ def _base(result: dict[str, Any]) -> Row:
 
 
 def decision_row(result: dict[str, Any]) -> Row:
-    """The decision point against the one-step loop, at K=1, round by round."""
+    """What the decision point adds to a one-step loop (fit's loop + decision over the bare loop, minus 1), at K=1,
+    round by round."""
     n, decision = result["steps_per_block"], result["decision"]
+
+    def per_call_ms(clock: str, block: str) -> float:
+        return interleave.median([(s[block][f"{clock}_s"] - (s["loop"][f"{clock}_s"] if block == "decide" else 0))
+                                  / n * 1000 for s in decision])
+
     row: Row = {"benchmark": "cluster", **_base(result), "steps_per_execution": 1, "calls_per_block": n,
                 "repeats": len(decision), "measure": "wall", "target": targets.DECISION_OVERHEAD,
-                "decision_ms": interleave.median([s["decide"]["wall_s"] / n * 1000 for s in decision]),
-                "step_ms": interleave.median([s["loop"]["wall_s"] / n * 1000 for s in decision]),
-                "decision_cpu_ms": interleave.median([s["decide"]["cpu_s"] / n * 1000 for s in decision]),
-                "step_cpu_ms": interleave.median([s["loop"]["cpu_s"] / n * 1000 for s in decision])}
-    return _add_ratios(row, "overhead", decision, "decide", "loop")
+                "decision_ms": per_call_ms("wall", "decide"), "step_ms": per_call_ms("wall", "loop"),
+                "decision_cpu_ms": per_call_ms("cpu", "decide"), "step_cpu_ms": per_call_ms("cpu", "loop")}
+    row = _add_ratios(row, "overhead", decision, "decide", "loop")
+    for field in ("overhead", "cpu_overhead"):  # (loop + decision) / loop - 1
+        row[field] -= 1
+        row[f"{field}_ci95"] = [bound - 1 for bound in row[f"{field}_ci95"]]
+    return row
 
 
 def cost_row(result: dict[str, Any], k: int) -> Row:

@@ -4,9 +4,11 @@ Every worker builds the same MLP under MultiWorkerMirroredStrategy (one replica 
 `harness.Trainer` on it, and runs one short `fit` (its callbacks, context and decision maker).
 Then, in blocks that alternate (ABBA...), with a barrier (one all-reduce) before each block:
 
-1. With --decision, the decision overhead at K=1: a block of N one-step loop calls (`trainer.run_train_loop`, the
-   gradient all-reduce included) against a block of N decision points
-   (`controller._decide(context, LOOP)`: one small all-reduce of every worker's votes).
+1. With --decision, the decision overhead at K=1: a block of N bare one-step loop calls
+   (`trainer.run_train_loop`, the gradient all-reduce included) against a block of N one-step loops
+   as `fit` runs them, each with its decision point (`controller.run_loop`, which carries this
+   worker's votes in the same call, then `controller._decide(context, LOOP)`: see
+   `harness.controller`). The overhead is their difference over the bare loop.
 2. Cost of the cluster over one process at the same global batch, per K: a block of N/K
    K-step loop calls, each followed by its decision point, on the cluster, against the same on
    worker 0 alone, with a default-strategy Trainer on the whole global batch (worker 1 waits
@@ -55,15 +57,14 @@ class _Runner:
         self.iterator = iter(self.trainer.distribute(workload.dataset_fn))
 
     def loops(self, calls: int, k: int, decide: bool) -> None:
+        """`calls` K-step loop calls: bare, or as `fit` runs them (the votes they carry, their decision points)."""
         for _ in range(calls):
-            self.trainer.run_train_loop(self.iterator, k)
             if decide:
+                self.controller.run_loop(self.iterator, k)
                 self.controller._decide(self.context, LOOP)  # pylint: disable=protected-access
+            else:
+                self.trainer.run_train_loop(self.iterator, k)
         self.trainer.restored_global_step()  # reads the step variable: every op of the block has run
-
-    def decisions(self, calls: int) -> None:
-        for _ in range(calls):
-            self.controller._decide(self.context, LOOP)  # pylint: disable=protected-access
 
 
 def threads() -> int:
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> int:
                     "global_batch_size": GLOBAL_BATCH, "steps_per_block": n, "decision": [], "cost": {},
                     "threads_start": threads()}
 
-    blocks = {"loop": lambda: cluster.loops(n, 1, decide=False), "decide": lambda: cluster.decisions(n)}
+    blocks = {"loop": lambda: cluster.loops(n, 1, decide=False), "decide": lambda: cluster.loops(n, 1, decide=True)}
     for name in blocks if args.decision else ():  # warm-up
         barrier()
         blocks[name]()

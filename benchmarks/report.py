@@ -249,7 +249,7 @@ def cluster_tables(rows: list[Row]) -> list[str]:
             if row["status"] != "ok":
                 out += [f"The cluster job failed: `{row['error']}`", ""]
                 continue
-            out += ["| decision point per call | one-step loop per call | decision / step (wall) | "
+            out += ["| decision point per call (added) | one-step loop per call | decision / step (wall) | "
                     "decision / step (worker 0's CPU) | rounds | target |", "|--:|--:|--:|--:|--:|--:|",
                     f"| {row['decision_ms']:.3f} ms | {row['step_ms']:.3f} ms | "
                     f"{fmt_ci(row['overhead'], row['overhead_ci95'], 3, True)} | "
@@ -391,9 +391,11 @@ METHOD = """\
   its ratio to the first should be 1, and its interval says what this machine can resolve.
 - 2-worker cluster: two real processes on 127.0.0.1 started through `harness.launch`, each one replica
   under MultiWorkerMirroredStrategy (`benchmarks/cluster_job.py`). Blocks alternate (ABBA) with a barrier
-  before each: the decision point (`controller._decide`, one small all-reduce) against one-step loop
-  calls; and, per K, the cluster's K-step loop + decision point against the same on one process with the
-  whole global batch. Wall clock of worker 0 (a collective mostly waits for the other worker).
+  before each: one-step loops as `fit` runs them (`controller.run_loop`, whose call carries the worker's
+  votes, then its decision point `controller._decide`) against bare one-step loop calls, the difference
+  being the decision's overhead; and, per K, the cluster's K-step loop + decision point against the same
+  on one process with the whole global batch. Wall clock of worker 0 (a collective mostly waits for the
+  other worker).
 - Time to first step: from the training call (the first loop call for the minimal loop) to the end of
   the first step, K=1, after a throwaway warm-up of TensorFlow and Keras in the same process.
 """

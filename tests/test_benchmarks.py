@@ -212,7 +212,8 @@ def test_tiny_run_measures_a_two_worker_cluster(tiny):
     _, _, rows = tiny
     decision, = by(rows, "cluster")
     assert decision["status"] == "ok", decision["error"]
-    assert decision["workers"] == 2 and decision["decision_ms"] > 0 and decision["step_ms"] > 0
+    # The decision point's cost is what it adds to fit's loop (a difference of two timings: it may come out < 0).
+    assert decision["workers"] == 2 and np.isfinite(decision["decision_ms"]) and decision["step_ms"] > 0
     assert is_interval(decision["overhead_ci95"], decision["overhead"]) and decision["target"] == 0.02
     cost, = by(rows, "cluster_cost")
     assert cost["status"] == "ok" and cost["steps_per_execution"] == 1
