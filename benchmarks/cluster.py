@@ -3,7 +3,7 @@ point's overhead at K=1, and the cost of the cluster over one process at the sam
 (one job per K).
 
 `benchmarks/cluster_job.py` runs on both workers and reports every timed block; here the blocks
-become ratios, round by round (the two blocks of a round ran back to back): median and 95%
+become ratios, round by round (the two kinds of a round ran interleaved or back to back): median and 95%
 bootstrap interval. Both are measured by the wall clock of worker 0: a collective's cost is mostly
 waiting for the other worker, which no CPU clock sees (worker 0's CPU time is reported beside it).
 """
@@ -58,13 +58,13 @@ def _base(result: dict[str, Any]) -> Row:
 def decision_row(result: dict[str, Any]) -> Row:
     """What the decision point adds to a one-step loop (fit's loop + decision over the bare loop, minus 1), at K=1,
     round by round."""
-    n, decision = result["steps_per_block"], result["decision"]
+    n, decision = result["decision_calls"], result["decision"]
 
     def per_call_ms(clock: str, block: str) -> float:
         return interleave.median([(s[block][f"{clock}_s"] - (s["loop"][f"{clock}_s"] if block == "decide" else 0))
                                   / n * 1000 for s in decision])
 
-    row: Row = {"benchmark": "cluster", **_base(result), "steps_per_execution": 1, "calls_per_block": n,
+    row: Row = {"benchmark": "cluster", **_base(result), "steps_per_execution": 1, "calls_per_round": n,
                 "repeats": len(decision), "measure": "wall", "target": targets.DECISION_OVERHEAD,
                 "decision_ms": per_call_ms("wall", "decide"), "step_ms": per_call_ms("wall", "loop"),
                 "decision_cpu_ms": per_call_ms("cpu", "decide"), "step_cpu_ms": per_call_ms("cpu", "loop")}
@@ -101,7 +101,8 @@ def _job(spec: ClusterSpec, workdir: str, k: int, decision: bool) -> tuple[dict[
     out = io.StringIO()
     command = [sys.executable, JOB, f"--model_dir={os.path.join(workdir, 'cluster', f'k{k}')}",
                f"--steps_per_block={spec.steps_per_block}", f"--rounds={spec.rounds}", f"--steps_per_execution={k}",
-               *(["--decision"] if decision else [])]
+               *([f"--decision_rounds={spec.decision_rounds}", f"--decision_pairs={spec.decision_pairs}",
+                  "--decision"] if decision else [])]
     code = launch.launch(command, num_workers=2, out=out, env={"TF_CPP_MIN_LOG_LEVEL": "2"}, grace_s=10)
     text = out.getvalue()
     results = [line.split("RESULT ", 1)[1] for line in text.splitlines() if "RESULT " in line]

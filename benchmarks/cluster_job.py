@@ -4,11 +4,15 @@ Every worker builds the same MLP under MultiWorkerMirroredStrategy (one replica 
 `harness.Trainer` on it, and runs one short `fit` (its callbacks, context and decision maker).
 Then, in blocks that alternate (ABBA...), with a barrier (one all-reduce) before each block:
 
-1. With --decision, the decision overhead at K=1: a block of N bare one-step loop calls
-   (`trainer.run_train_loop`, the gradient all-reduce included) against a block of N one-step loops
-   as `fit` runs them, each with its decision point (`controller.run_loop`, which carries this
-   worker's votes in the same call, then `controller._decide(context, LOOP)`: see
-   `harness.controller`). The overhead is their difference over the bare loop.
+1. With --decision, the decision overhead at K=1: bare one-step loop calls (`trainer.run_train_loop`,
+   the gradient all-reduce included) against one-step loops as `fit` runs them, each with its
+   decision point (`controller.run_loop`, whose call carries this worker's votes in its gradient
+   all-reduce, then `controller._decide(context, LOOP)`: see `harness.controller`), in pairs
+   (AB, BA, ...) of blocks of READ_EVERY_STEPS calls (one of which reads the votes), each block
+   timed, `--decision_pairs` pairs per round, a barrier before each of `--decision_rounds` rounds;
+   per round and kind, the median block. The overhead is their difference over the bare loop. (It
+   is a fraction of a millisecond per call against a 5 ms step that wanders by more over a second:
+   short interleaved blocks see the same machine, and medians drop the blocks another process delayed.)
 2. Cost of the cluster over one process at the same global batch, per K: a block of N/K
    K-step loop calls, each followed by its decision point, on the cluster, against the same on
    worker 0 alone, with a default-strategy Trainer on the whole global batch (worker 1 waits
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -41,7 +46,7 @@ import harness
 from benchmarks.harness_fit import HarnessFit
 from benchmarks.settings import ModelSpec
 from benchmarks.workload import Workload
-from harness.controller import LOOP
+from harness.controller import LOOP, READ_EVERY_STEPS
 
 GLOBAL_BATCH = 64
 
@@ -56,15 +61,34 @@ class _Runner:
         self.context = self.controller.context
         self.iterator = iter(self.trainer.distribute(workload.dataset_fn))
 
-    def loops(self, calls: int, k: int, decide: bool) -> None:
+    def loops(self, calls: int, k: int, decide: bool, sync: bool = True) -> None:
         """`calls` K-step loop calls: bare, or as `fit` runs them (the votes they carry, their decision points)."""
         for _ in range(calls):
-            if decide:
+            if decide:  # as Controller._train_epoch does, its hooks and validation aside
                 self.controller.run_loop(self.iterator, k)
+                self.controller.state.global_step += k
                 self.controller._decide(self.context, LOOP)  # pylint: disable=protected-access
             else:
                 self.trainer.run_train_loop(self.iterator, k)
-        self.trainer.restored_global_step()  # reads the step variable: every op of the block has run
+        if sync:
+            self.trainer.restored_global_step()  # reads the step variable: every op of the block has run
+
+    def pairs(self, count: int) -> dict[str, dict[str, float]]:
+        """`count` blocks of READ_EVERY_STEPS bare one-step loop calls and as many blocks with their decision
+        points, alternating (AB, BA, ...), each block timed: per kind, `count` times the median block's wall
+        and CPU seconds. A block of decisions holds one point that reads what rode on the calls (see
+        `harness.controller`); a median, not a sum, so that a block another process delayed does not move it."""
+        times: dict[str, dict[str, list[float]]] = {name: {"wall_s": [], "cpu_s": []} for name in ("loop", "decide")}
+        for i in range(count):
+            for decide in ((False, True) if i % 2 == 0 else (True, False)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                self.loops(READ_EVERY_STEPS, 1, decide, sync=False)
+                kind = times["decide" if decide else "loop"]
+                kind["wall_s"].append(time.perf_counter() - wall)
+                kind["cpu_s"].append(time.process_time() - cpu)
+        self.trainer.restored_global_step()
+        return {name: {clock: statistics.median(values) * count for clock, values in kind.items()}
+                for name, kind in times.items()}
 
 
 def threads() -> int:
@@ -88,6 +112,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--steps_per_execution", type=int, nargs="+", required=True)
     parser.add_argument("--decision", action="store_true", help="also measure the decision point at K=1")
+    parser.add_argument("--decision_rounds", type=int, default=60)
+    parser.add_argument("--decision_pairs", type=int, default=50)
     args = parser.parse_args(argv)
     from absl import logging  # pylint: disable=import-outside-toplevel
 
@@ -107,16 +133,13 @@ def main(argv: list[str]) -> int:
                     "global_batch_size": GLOBAL_BATCH, "steps_per_block": n, "decision": [], "cost": {},
                     "threads_start": threads()}
 
-    blocks = {"loop": lambda: cluster.loops(n, 1, decide=False), "decide": lambda: cluster.loops(n, 1, decide=True)}
-    for name in blocks if args.decision else ():  # warm-up
-        barrier()
-        blocks[name]()
-    for r in range(args.rounds if args.decision else 0):
-        sample = {}
-        for name in (("loop", "decide") if r % 2 == 0 else ("decide", "loop")):
+    if args.decision:
+        result["decision_calls"] = args.decision_pairs * READ_EVERY_STEPS
+        for r in range(args.decision_rounds + 1):  # the first round warms up
             barrier()
-            sample[name] = timed(blocks[name])
-        result["decision"].append(sample)
+            sample = cluster.pairs(args.decision_pairs)
+            if r:
+                result["decision"].append(sample)
 
     for k in args.steps_per_execution:
         calls = max(1, n // k)

@@ -22,6 +22,8 @@ from callbacks import Callback, CSVLogger, ProgressBar, TensorBoard
 class _Stamper(Callback):
     """First in the list: stamps the first batch end (time to first step)."""
 
+    identical_on_every_worker = True  # it asks for nothing (a cluster agrees as with train.py's callbacks)
+
     def __init__(self, stamps: Stamps):
         self.stamps = stamps
 
@@ -31,6 +33,8 @@ class _Stamper(Callback):
 
 class _Pacing(Callback):
     """First in the list: the contender's turns."""
+
+    identical_on_every_worker = True  # it asks for nothing (a cluster agrees as with train.py's callbacks)
 
     def __init__(self, pacer: Pacer):
         self.pacer = pacer
@@ -47,6 +51,8 @@ class _Pacing(Callback):
 
 class _LastPacing(Callback):
     """Last in the list: every batch hook has run."""
+
+    identical_on_every_worker = True  # it asks for nothing (a cluster agrees as with train.py's callbacks)
 
     def __init__(self, pacer: Pacer):
         self.pacer = pacer

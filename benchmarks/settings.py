@@ -61,6 +61,8 @@ class ClusterSpec:
     steps_per_block: int  # one block: this many steps (K-step calls of the loop and the decision point)
     rounds: int  # blocks alternate (ABBA...) this many times per measurement
     steps_per_execution: tuple[int, ...]
+    decision_rounds: int = 100  # the decision point: rounds of one-step calls with and without it, in pairs
+    decision_pairs: int = 8  # ... each pair two blocks of READ_EVERY_STEPS (8) one-step calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,7 @@ TINY = Settings(
             ModelSpec("resnet", (8, 8, 3), 2, epochs=1, steps_per_epoch=2)),
     default_models=("mlp",), probe_seconds=0.0,
     checkpoint_kernel=500, checkpoint_repeats=1, dispatch_calls=200, dispatch_repeats=1,
-    cluster=ClusterSpec(steps_per_block=2, rounds=2, steps_per_execution=(1,)),
+    cluster=ClusterSpec(steps_per_block=2, rounds=2, steps_per_execution=(1,), decision_rounds=2, decision_pairs=2),
     curves=CurveSpec(widths=(16,), checkpoint_repeats=1, cluster_steps_per_execution=(1,),
                      throughput=ModelSpec("mlp", (8, 8, 1), 8, epochs=1, steps_per_epoch=4)),
     noise_band=0.03, with_curves=True, warm_up=False, steps_per_execution=(1, 10))

@@ -8,6 +8,7 @@ lost peer run to dozens of lines: both become one line naming the task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from harness import tf_compat
 from harness.errors import SetupError, UsageError
 
 
@@ -151,3 +153,38 @@ class ClusterInfo:
                    is_chief=bool(strategy.extended.should_checkpoint),
                    num_replicas=strategy.num_replicas_in_sync,
                    task_type=task_type, task_index=task_index)
+
+
+FAILURE_KEY = "harness/failure/{worker}"  # a failing task's error line, for peers that see only a broken connection
+
+
+def published_failure(cluster: ClusterInfo, timeout_s: float = 1.0) -> str | None:
+    """The error line another task published before it failed, if any (its report may race its broken connection)."""
+    for worker in range(cluster.num_workers):
+        if worker != cluster.worker_index:
+            try:
+                return tf_compat.read_published(FAILURE_KEY.format(worker=worker), timeout_s)
+            except Exception:  # not published (a deadline), or the coordination service is gone too
+                continue
+    return None
+
+
+def failure_to_raise(cluster: ClusterInfo, error: BaseException, flags: bool) -> BaseException:
+    """The error a task raises for `error`; in a multi-worker job the others learn of it at once.
+
+    A peer's failure becomes that peer's own line (published before it failed, if it could); this
+    task's own failure is published and reported to the coordination service, which aborts the
+    others' collectives. `flags`: the error names command-line flags (see `error_report`).
+    """
+    if cluster.num_workers == 1:
+        return error
+    if isinstance(error, tf.errors.OpError):
+        peer = peer_error(error)
+        if peer is not None:  # a peer failed (and reported why), or is lost: its own line, if it left one
+            published = published_failure(cluster) if peer.args[0].startswith("lost ") else None
+            return reported_error(published) if published else peer
+    line = error_report(cluster.task_name, error, flags)
+    with contextlib.suppress(tf.errors.OpError):  # the coordination service is gone too: peers see a lost task
+        tf_compat.publish(FAILURE_KEY.format(worker=cluster.worker_index), line)
+    tf_compat.report_error_to_cluster(line)
+    return error

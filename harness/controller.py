@@ -11,9 +11,10 @@ much as the step). When every callback is `identical_on_every_worker`, the reque
 decision point (its callbacks', the step cadence's) are the same on every worker, so they need
 no agreement: only a point where one is made agrees at once, and so does an epoch's last loop
 (its busy times reach `on_epoch_end`). What only this worker knows (a signal, its busy time,
-the chief's clock for timed checkpoints) rides on the next loop's call instead
-(`Trainer.run_train_loop(votes=...)`) and is acted on at the next decision point, by every
-worker: a signal takes one loop longer, and every action still happens at one step everywhere.
+the chief's clock for timed checkpoints) rides on the next loop's call instead, in its gradient
+all-reduce (`Trainer.run_train_loop(votes=...)`, `harness.riding_votes`), and is acted on at the
+next decision point by every worker: a signal takes one loop longer, and every action still
+happens at one step everywhere.
 
 One state per step: the checkpoint at global step S holds the state after everything of step
 S ran, its epoch end included when S ends an epoch. So at the decision point after an epoch's
@@ -26,7 +27,6 @@ at the restored step that checkpoint plus the rollback's record.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
@@ -40,8 +40,8 @@ from callbacks.base import Callback
 from callbacks.cadence import crosses_multiple
 from callbacks.callback_list import CallbackList
 from callbacks.history import History
-from harness import rollback, run_record, tf_compat
-from harness.cluster import ClusterInfo, error_report, peer_error, reported_error
+from harness import rollback, run_record
+from harness.cluster import failure_to_raise
 from harness.context import FitPlan, TrainerContext
 from harness.data import DatasetFn, check_input_batch_size
 from harness.decision_maker import DecisionMaker, agree_settings
@@ -58,18 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EPOCH_BEGIN, LOOP, LAST_LOOP, EPOCH_END = "epoch begin", "loop", "last loop of the epoch", "epoch end"
-FAILURE_KEY = "harness/failure/{worker}"  # a failing task's error line, for peers that see only a broken connection
-
-
-def published_failure(cluster: ClusterInfo, timeout_s: float = 1.0) -> str | None:
-    """The error line another task published before it failed, if any (its report may race its broken connection)."""
-    for worker in range(cluster.num_workers):
-        if worker != cluster.worker_index:
-            try:
-                return tf_compat.read_published(FAILURE_KEY.format(worker=worker), timeout_s)
-            except Exception:  # not published (a deadline), or the coordination service is gone too
-                continue
-    return None
+NOTHING = Decision()  # what a lagged loop's point decides when no worker asked anything
+READ_EVERY_STEPS = 8  # lagged, a loop that crosses a multiple of this carries the votes (see _agree)
 _fits = itertools.count()  # the n-th fit of this process: the same on every worker of a job
 SETTINGS_TIMEOUT_S = 600.0  # how long a worker waits for the chief to publish its settings
 
@@ -102,14 +92,15 @@ class Controller:
         self._carried = Votes()  # saves and a signal agreed after an epoch's last loop, acted on at its end
         self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
-        self._departed = time.monotonic()  # when this worker left the last decision point
+        self._departed = time.monotonic()  # when this worker left the last agreed decision point
         self._in_loop = 0.0  # ... and how long it has been in the K-step loop's calls since
         self._rolled_back = False  # a rollback restored a checkpoint: the input pipeline starts again
         # Mid-epoch, what only this worker knows rides on the next loop's call (see the module doc):
         self.lagged = self.cluster.num_workers > 1 and all(cb.identical_on_every_worker
                                                            for cb in self.callbacks.callbacks)
-        self._unsent: np.ndarray | None = None  # this worker's votes of the last loop's point, for the next call
-        self._arrived: np.ndarray | None = None  # every worker's, as the last call summed them
+        self._unsent: np.ndarray | None = None  # what this worker asks (as of the last loop's point), to carry
+        self._arrived: tf.Tensor | None = None  # every worker's, as the last call summed them (not read yet)
+        self._nothing = np.zeros([self.maker.riding_layout.size])  # what a call carries when nothing was asked
 
     @property
     def history(self) -> History:
@@ -135,19 +126,7 @@ class Controller:
 
     def _report(self, error: BaseException) -> BaseException:
         """The error to raise here; in a multi-worker job, the others learn of it at once."""
-        if self.cluster.num_workers == 1:
-            return error
-        if isinstance(error, tf.errors.OpError):
-            peer = peer_error(error)
-            if peer is not None:  # a peer failed (and reported why), or is lost: its own line, if it left one
-                published = published_failure(self.cluster) if peer.args[0].startswith("lost ") else None
-                return reported_error(published) if published else peer
-        flags = hasattr(self.trainer.settings, "recorded")  # a RunConfig: the command line's flags
-        line = error_report(self.cluster.task_name, error, flags)
-        with contextlib.suppress(tf.errors.OpError):  # the coordination service is gone too: peers see a lost task
-            tf_compat.publish(FAILURE_KEY.format(worker=self.cluster.worker_index), line)
-        tf_compat.report_error_to_cluster(line)
-        return error
+        return failure_to_raise(self.cluster, error, flags=hasattr(self.trainer.settings, "recorded"))
 
     def _start(self) -> TrainerContext | None:
         """Agrees on settings, resumes, and says whether there is anything left to train."""
@@ -262,11 +241,10 @@ class Controller:
 
     def run_loop(self, iterator, k: int) -> None:
         """One call of the trainer's K-step loop; lagged, it carries this worker's last votes (see the module doc)."""
-        started = time.monotonic()
-        if self.lagged:
-            unsent, self._unsent = self._unsent, None
+        started, step = time.monotonic(), self.state.global_step
+        if self.lagged and crosses_multiple(step, step + k, READ_EVERY_STEPS):
             self._arrived = self.trainer.run_train_loop(
-                iterator, k, unsent if unsent is not None else np.zeros([self.maker.layout.size]))
+                iterator, k, self._unsent if self._unsent is not None else self._nothing)
         else:
             self.trainer.run_train_loop(iterator, k)
         self._in_loop += time.monotonic() - started
@@ -291,39 +269,59 @@ class Controller:
     def _local_votes(self, point: str) -> Votes:
         """What only this worker knows: a signal it received, its busy time, the chief's clock for timed saves."""
         local = Votes(signal=WATCHER.received, seconds=time.monotonic() - self._departed - self._in_loop,
-                      loop_seconds=self._in_loop)
-        every_seconds = self.trainer.checkpoint_every_n_seconds
-        if every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds:
-            local.savers.add(0)  # the chief's clock decides; the agreement makes every worker save
+                      loop_seconds=self._in_loop, savers={0} if self._timed_save_due() else set())
         if point in (EPOCH_BEGIN, EPOCH_END):
             local.seconds = local.loop_seconds = 0.0  # the straggler view counts the loops' busy time only
         return local
 
+    def _timed_save_due(self) -> bool:
+        """The chief's clock decides timed checkpoints; the agreement makes every worker save."""
+        every_seconds = self.trainer.checkpoint_every_n_seconds
+        return bool(every_seconds and self.cluster.is_chief and time.monotonic() - self._saved_at >= every_seconds)
+
     def _shared_votes(self, votes: Votes) -> None:
         """Adds what every worker knows alike: checkpoints every N steps, and what an epoch's last loop carried."""
-        votes.savers |= self._carried.savers
-        votes.signal = votes.signal or self._carried.signal
-        self._carried = Votes()
+        if self._carried.ask_anything:
+            votes.savers |= self._carried.savers
+            votes.signal = votes.signal or self._carried.signal
+            self._carried = Votes()
         every_steps = self.trainer.checkpoint_every_n_steps
         if every_steps and crosses_multiple(self._cadence_from, self.state.global_step, every_steps):
             votes.savers.add(0)
 
-    def _agree(self, votes: Votes, point: str) -> tuple[Decision, Votes | None]:
-        """The decision at this point, and (lagged, when nothing is asked) this worker's votes still to send."""
-        local = self._local_votes(point)
-        self._shared_votes(votes)
+    def _agree(self, votes: Votes, point: str) -> tuple[Decision, bool]:
+        """The decision at this point, and whether it was agreed here (else it arrived with the last loop's call).
+
+        Lagged, what this worker asks (a signal, a timed save: both stay asked until acted on) rides
+        on the next loop that crosses a multiple of READ_EVERY_STEPS (the same loops on every worker;
+        the others carry nothing), and is acted on at that loop's point, where the sum is read (a host
+        sync). It rides as the same zeros every time when it asks nothing, an input TensorFlow need not
+        copy again. The busy times add up until the next agreed point (an epoch's last loop at the latest).
+        """
         arrived, self._arrived = self._arrived, None
+        self._shared_votes(votes)
         if self.lagged and point == LOOP and not votes.ask_anything:
-            return (self.maker.layout.decode(arrived) if arrived is not None else Decision()), local
+            signal, timed = WATCHER.received, self._timed_save_due()
+            self._unsent = (self.maker.encode(Votes(signal=signal, savers={0} if timed else set()),
+                                              self.maker.riding_layout) if signal or timed else None)
+            if arrived is None:
+                return NOTHING, False
+            total = self.maker.summed(arrived)
+            return (self.maker.riding_layout.decode(total) if total.any() else NOTHING), False
+        self._unsent = None  # (what it asks, it asks here: a signal, a timed save are still asked)
+        local = self._local_votes(point)
         votes.signal, votes.savers = votes.signal or local.signal, votes.savers | local.savers
         votes.seconds, votes.loop_seconds = votes.seconds + local.seconds, votes.loop_seconds + local.loop_seconds
-        return self.maker.agree(votes, arrived), None
+        return self.maker.agree(votes), True
 
     def _decide(self, context: TrainerContext, point: str) -> Decision:
         """Agrees on this point's votes with every worker and acts on the decision (see the module doc)."""
         votes = context.take_votes()
-        decision, unsent = self._agree(votes, point)
-        self._departed, self._in_loop = time.monotonic(), 0.0
+        decision, agreed = self._agree(votes, point)
+        if decision is NOTHING:  # (lagged, mid-epoch, nothing asked anywhere: most loops, kept short)
+            return decision
+        if agreed:  # the busy times so far went with it
+            self._departed, self._in_loop = time.monotonic(), 0.0
         self._record_worker_seconds(context, decision, point)
         if decision.rollback:
             return self._roll_back(decision, votes)
@@ -334,8 +332,6 @@ class Controller:
             self.trainer.learning_rate.set_scale(decision.lr_scale)
         if decision.stop_reason is not None and state.stop_reason is None:
             state.stop_reason = decision.stop_reason
-        if unsent is not None:
-            self._unsent = self.maker.encode(unsent)
         if before_epoch_end and decision.stop_reason is None:  # saves and signals wait for the epoch end
             self._carried = Votes(signal=decision.signal, savers=set(decision.savers))
             return Decision()

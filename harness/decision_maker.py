@@ -23,10 +23,11 @@ from harness.errors import SetupError
 SETTINGS_KEY = "harness/settings/{attempt}/{task}"
 
 
-def sum_over_workers(strategy: tf.distribute.Strategy, vector: tf.Tensor, local_replicas: int) -> tf.Tensor:
-    """The sum of every worker's `vector` (cross-replica context, in a `tf.function`): one all-reduce."""
+def sum_over_replicas(strategy: tf.distribute.Strategy, vector: tf.Tensor) -> tf.Tensor:
+    """The sum of `vector` over every replica (cross-replica context, in a `tf.function`): one all-reduce.
+    Each worker's vector counts once per local replica."""
     per_replica = strategy.run(tf.identity, args=(vector,))
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) / local_replicas
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
 
 class DecisionMaker:
@@ -35,6 +36,7 @@ class DecisionMaker:
     def __init__(self, strategy: tf.distribute.Strategy, cluster: ClusterInfo, num_savers: int):
         self._strategy, self._cluster = strategy, cluster
         self.layout = Layout(cluster.num_workers, num_savers)
+        self.riding_layout = Layout(cluster.num_workers, 1)  # what rides on a loop's call: no callback's save
         self._local_replicas = cluster.num_replicas_per_worker
         self._sums = {}
         self.all_reduces = 0  # how many this worker took part in (a test counts them)
@@ -49,20 +51,22 @@ class DecisionMaker:
             self._sums[size] = WATCHDOG.watched(compiled(self._all_reduce_sum,
                                                           input_signature=[tf.TensorSpec([size], tf.float64)]))
         self.all_reduces += 1
-        return self._sums[size](tf.constant(vector)).numpy()
+        return self._sums[size](tf.constant(vector)).numpy() / self._local_replicas
 
     def _all_reduce_sum(self, vector: tf.Tensor) -> tf.Tensor:
-        return sum_over_workers(self._strategy, vector, self._local_replicas)
+        return sum_over_replicas(self._strategy, vector)
 
-    def encode(self, votes: Votes) -> np.ndarray:
-        """This worker's `votes` as its share of the sum that `agree` decodes (or a loop call carries)."""
-        return self.layout.encode(votes, self._me, self._cluster.is_chief)
+    def encode(self, votes: Votes, layout: Layout | None = None) -> np.ndarray:
+        """This worker's `votes` as its share of a sum in `layout` (by default the one `agree` decodes)."""
+        return (layout or self.layout).encode(votes, self._me, self._cluster.is_chief)
 
-    def agree(self, votes: Votes, agreed: np.ndarray | None = None) -> Decision:
-        """The decision of every worker's `votes`, together with `agreed` (a sum of encodings agreed already)."""
+    def summed(self, arrived: tf.Tensor) -> np.ndarray:
+        """A vector a loop's call summed over every replica (`Trainer.run_train_loop`), as a sum over workers."""
+        return arrived.numpy().astype(np.float64) / self._local_replicas
+
+    def agree(self, votes: Votes) -> Decision:
+        """The decision of every worker's `votes`."""
         total = self._sum(self.encode(votes))
-        if agreed is not None:
-            total = total + agreed
         decision = self.layout.decode(total)
         if not decision.stop_voters:
             return decision

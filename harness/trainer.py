@@ -25,13 +25,13 @@ from harness.collective_watchdog import WATCHDOG
 from harness.compiled import compiled
 from harness.controller import Controller
 from harness.data import DatasetFn, per_replica_batch_size, training_input
-from harness.decision_maker import sum_over_workers
 from harness.ema import WeightAverage, check_decay
 from harness.errors import UsageError
 from harness.learning_rate import LearningRate
 from harness.mean_metrics import MeanMetrics
 from harness.metrics import LOSS, METRICS, MetricFn
 from harness.model_saving import ModelSaver
+from harness.riding_votes import RidingVotes
 from harness.run_state import RunState
 from harness.strategy import input_options
 from harness.trainer_checks import (
@@ -134,6 +134,9 @@ class Trainer:
         self._eval_loop = compiled(self._eval_steps)
         self._input_options = input_options(strategy)
         self._num_steps: dict[int, tf.Tensor] = {}
+        self._riders: dict[int, RidingVotes] = {}  # by vector size: the votes a loop's call carries (decisions)
+        self._rider: RidingVotes | None = None  # ... while a loop that carries them is traced
+        self._no_votes: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
 
@@ -176,9 +179,11 @@ class Trainer:
             return 0.0
         return tf.add_n([tf.cast(loss, tf.float32) for loss in self.model.losses])
 
-    @staticmethod
-    def all_reduce_gradients(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        """The sum of each replica's gradients, identical on every replica (replica context)."""
+    def all_reduce_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """The sum of each replica's gradients, identical on every replica (replica context). The workers'
+        votes for the next decision ride in the same all-reduce (see `harness.riding_votes`)."""
+        if self._rider is not None:
+            return self._rider.all_reduce(grads)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
 
     def apply_gradients(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable] | None = None, *,
@@ -253,9 +258,13 @@ class Trainer:
         per_step_rate = self.learning_rate.schedule is not None  # else the rate is constant within a call
 
         def loop(iterator, num_steps, votes=None):
-            # Every worker's votes, summed first: no data depends on it, so it overlaps the first step's compute.
-            agreed = None if votes is None else sum_over_workers(self.strategy, votes,
-                                                                 self.cluster.num_replicas_per_worker)
+            self._rider = None if votes is None else self._riders[votes.shape[0]]
+            with self._rider.boarding(votes) if self._rider else contextlib.nullcontext():
+                steps(iterator, num_steps)
+            rider, self._rider = self._rider, None
+            return None if rider is None else rider.arrived(votes)
+
+        def steps(iterator, num_steps):
             first_step = tf.identity(self._step_variable)
             if not per_step_rate:
                 self.learning_rate.apply(first_step)
@@ -270,7 +279,6 @@ class Trainer:
                 if ema is not None:
                     ema.update(step)
             self._step_variable.assign_add(num_steps)
-            return agreed
 
         return compiled(loop)
 
@@ -284,11 +292,12 @@ class Trainer:
             self._num_steps[k] = tf.constant(k, tf.int64)
         return self._num_steps[k]
 
-    def run_train_loop(self, iterator, num_steps: int, votes: np.ndarray | None = None) -> np.ndarray | None:
+    def run_train_loop(self, iterator, num_steps: int, votes: np.ndarray | None = None) -> tf.Tensor | None:
         """Runs `num_steps` training steps in one compiled call (retraced only when the LR schedule changes).
 
-        With `votes` (a decision vector: see `harness.decision_maker`), the same call sums them over
-        every worker and returns the sum, so that agreeing costs no call and no round trip of its own.
+        With `votes` (a decision vector: see `harness.controller`), the same call sums them over every
+        replica and returns the sum (unread: a host sync), riding in the gradient all-reduce (see
+        `harness.riding_votes`).
         """
         if self._train_loop is None or self._traced_schedule is not self.learning_rate.schedule:
             self._train_loop, self._traced_schedule = self._make_train_loop(), self.learning_rate.schedule
@@ -296,7 +305,18 @@ class Trainer:
             if votes is None:
                 self._train_loop(iterator, self._steps_tensor(num_steps))
                 return None
-            return self._train_loop(iterator, self._steps_tensor(num_steps), tf.constant(votes)).numpy()
+            if votes.shape[0] not in self._riders:
+                self._riders[votes.shape[0]] = RidingVotes(self.strategy, votes.shape[0])
+            return self._train_loop(iterator, self._steps_tensor(num_steps), self._votes_tensor(votes))
+
+    def _votes_tensor(self, votes: np.ndarray) -> tf.Tensor:
+        """`votes` as a tensor; all zeros (nothing asked: most calls), the same one every time, which
+        TensorFlow copies to the worker's device once."""
+        if votes.any():
+            return tf.constant(votes, tf.float32)  # (small integers: a signal's number, a save's flag)
+        if votes.shape[0] not in self._no_votes:
+            self._no_votes[votes.shape[0]] = tf.constant(votes, tf.float32)
+        return self._no_votes[votes.shape[0]]
 
     @property
     def train_loop_traces(self) -> int:

@@ -107,3 +107,4 @@ def test_only_requests_ask_for_an_action_and_busy_times_do_not():
     asking = [Votes(stop_reason="x"), Votes(signal=int(signal.SIGTERM)), Votes(savers={0}), Votes(lr_base=0.1),
               Votes(lr_scale=0.5), Votes(rollback_reason="nan")]
     assert all(v.ask_anything for v in asking)
+

@@ -129,10 +129,11 @@ def test_every_worker_takes_every_decision_at_the_same_step(tmp_path, data_dir, 
     assert [results[("lagged", w)]["all_reduces"] for w in (0, 1)] == [7, 7], results
     assert [results[("agreed", w)]["all_reduces"] for w in (0, 1)] == [15, 15], results
     assert results[("lagged", 0)]["weights"] == pytest.approx(results[("agreed", 0)]["weights"], rel=1e-6)
-    # A signal on worker 1 alone, lagged: it rides on the next loop's call, and both workers save step 6 and stop.
+    # A signal on worker 1 alone after step 4, lagged: it rides on the next loops' calls, which are read at the loop
+    # crossing a multiple of READ_EVERY_STEPS (8): both workers save step 8 and stop.
     for w in (0, 1):
-        assert (results[("signal", w)]["preempted"], results[("signal", w)]["step"]) == (True, 6), results
-        assert results[("signal", w)]["saved"] == 6
+        assert (results[("signal", w)]["preempted"], results[("signal", w)]["step"]) == (True, 8), results
+        assert results[("signal", w)]["saved"] == 8
     for phase in ("vote", "nan", "early", "signal"):
         assert not [f for f in files_under(tmp_path / phase) if "tmp" in f]
     # The README's custom steps make the same update on a 2-worker cluster as on one device.
