@@ -11,10 +11,10 @@ much as the step). When every callback is `identical_on_every_worker`, the reque
 decision point (its callbacks', the step cadence's) are the same on every worker, so they need
 no agreement: only a point where one is made agrees at once, and so does an epoch's last loop
 (its busy times reach `on_epoch_end`). What only this worker knows (a signal, its busy time,
-the chief's clock for timed checkpoints) rides on the next loop's call instead, in its gradient
-all-reduce (`Trainer.run_train_loop(votes=...)`, `harness.riding_votes`), and is acted on at the
-next decision point by every worker: a signal takes one loop longer, and every action still
-happens at one step everywhere.
+the chief's clock for timed checkpoints) rides instead on the next loop that crosses a multiple
+of READ_EVERY_STEPS, in its gradient all-reduce (`Trainer.run_train_loop(votes=...)`,
+`harness.riding_votes`), and is acted on at that loop's point by every worker: a signal waits at
+most one loop and 8 steps more, and every action still happens at one step everywhere.
 
 One state per step: the checkpoint at global step S holds the state after everything of step
 S ran, its epoch end included when S ends an epoch. So at the decision point after an epoch's
@@ -92,15 +92,14 @@ class Controller:
         self._carried = Votes()  # saves and a signal agreed after an epoch's last loop, acted on at its end
         self._saved_step = trainer.last_checkpoint[0] if trainer.last_checkpoint else None
         self._cadence_from, self._saved_at = trainer.global_step, time.monotonic()
-        self._departed = time.monotonic()  # when this worker left the last agreed decision point
+        self._departed = time.monotonic()  # when this worker last reported its busy time (see _riding_votes)
         self._in_loop = 0.0  # ... and how long it has been in the K-step loop's calls since
         self._rolled_back = False  # a rollback restored a checkpoint: the input pipeline starts again
         # Mid-epoch, what only this worker knows rides on the next loop's call (see the module doc):
         self.lagged = self.cluster.num_workers > 1 and all(cb.identical_on_every_worker
                                                            for cb in self.callbacks.callbacks)
-        self._unsent: np.ndarray | None = None  # what this worker asks (as of the last loop's point), to carry
-        self._arrived: tf.Tensor | None = None  # every worker's, as the last call summed them (not read yet)
-        self._nothing = np.zeros([self.maker.riding_layout.size])  # what a call carries when nothing was asked
+        self._arrived: tf.Tensor | None = None  # every worker's votes, as the last call summed them (unread)
+        self._sent = Votes()  # the busy times this worker's votes carried in that call
 
     @property
     def history(self) -> History:
@@ -243,8 +242,7 @@ class Controller:
         """One call of the trainer's K-step loop; lagged, it carries this worker's last votes (see the module doc)."""
         started, step = time.monotonic(), self.state.global_step
         if self.lagged and crosses_multiple(step, step + k, READ_EVERY_STEPS):
-            self._arrived = self.trainer.run_train_loop(
-                iterator, k, self._unsent if self._unsent is not None else self._nothing)
+            self._arrived = self.trainer.run_train_loop(iterator, k, self._riding_votes())
         else:
             self.trainer.run_train_loop(iterator, k)
         self._in_loop += time.monotonic() - started
@@ -274,6 +272,15 @@ class Controller:
             local.seconds = local.loop_seconds = 0.0  # the straggler view counts the loops' busy time only
         return local
 
+    def _riding_votes(self) -> np.ndarray:
+        """What this worker asks now (a signal, a timed save: both stay asked until acted on), and its busy
+        times since it last reported them, to ride on a loop's call (see _agree)."""
+        now = time.monotonic()
+        self._sent = Votes(signal=WATCHER.received, savers={0} if self._timed_save_due() else set(),
+                           seconds=now - self._departed - self._in_loop, loop_seconds=self._in_loop)
+        self._departed, self._in_loop = now, 0.0
+        return self.maker.encode(self._sent, self.maker.riding_layout)
+
     def _timed_save_due(self) -> bool:
         """The chief's clock decides timed checkpoints; the agreement makes every worker save."""
         every_seconds = self.trainer.checkpoint_every_n_seconds
@@ -290,28 +297,24 @@ class Controller:
             votes.savers.add(0)
 
     def _agree(self, votes: Votes, point: str) -> tuple[Decision, bool]:
-        """The decision at this point, and whether it was agreed here (else it arrived with the last loop's call).
+        """The decision at this point, and whether it was agreed here (else it rode on the last loop's call).
 
-        Lagged, what this worker asks (a signal, a timed save: both stay asked until acted on) rides
-        on the next loop that crosses a multiple of READ_EVERY_STEPS (the same loops on every worker;
-        the others carry nothing), and is acted on at that loop's point, where the sum is read (a host
-        sync). It rides as the same zeros every time when it asks nothing, an input TensorFlow need not
-        copy again. The busy times add up until the next agreed point (an epoch's last loop at the latest).
+        Lagged, every worker's votes (what it asks, its busy times) ride on the loops that cross a
+        multiple of READ_EVERY_STEPS (the same loops on every worker; the others carry nothing) and
+        are acted on at that loop's point, where their sum is read (a host sync). An agreed point
+        asks again what a worker still asks; of what rode on the loop before it, only the busy times
+        count (this worker adds its own back).
         """
         arrived, self._arrived = self._arrived, None
         self._shared_votes(votes)
         if self.lagged and point == LOOP and not votes.ask_anything:
-            signal, timed = WATCHER.received, self._timed_save_due()
-            self._unsent = (self.maker.encode(Votes(signal=signal, savers={0} if timed else set()),
-                                              self.maker.riding_layout) if signal or timed else None)
             if arrived is None:
                 return NOTHING, False
-            total = self.maker.summed(arrived)
-            return (self.maker.riding_layout.decode(total) if total.any() else NOTHING), False
-        self._unsent = None  # (what it asks, it asks here: a signal, a timed save are still asked)
-        local = self._local_votes(point)
+            return self.maker.riding_layout.decode(self.maker.summed(arrived)), False
+        local, sent = self._local_votes(point), (self._sent if arrived is not None else Votes())
         votes.signal, votes.savers = votes.signal or local.signal, votes.savers | local.savers
-        votes.seconds, votes.loop_seconds = votes.seconds + local.seconds, votes.loop_seconds + local.loop_seconds
+        votes.seconds += local.seconds + sent.seconds
+        votes.loop_seconds += local.loop_seconds + sent.loop_seconds
         return self.maker.agree(votes), True
 
     def _decide(self, context: TrainerContext, point: str) -> Decision:
@@ -353,7 +356,7 @@ class Controller:
         reason = votes.rollback_reason or f"asked by worker {decision.rollback_voters[0]}"
         rollback.roll_back(self.trainer, self.state, self.callbacks, decision.rollback_lr_factor, reason)
         self._saved_step = self._cadence_from = self.state.global_step  # that checkpoint + the record: this state
-        self._carried, self._rolled_back, self._unsent = Votes(), True, None
+        self._carried, self._rolled_back = Votes(), True
         self.callbacks.on_rollback(self.state.global_step)
         if decision.signal and self.state.signal is None:  # nothing to save: the checkpoint and the record hold it
             self.state.signal = decision.signal_name

@@ -32,6 +32,9 @@ class RidingVotes:
                                         synchronization=tf.VariableSynchronization.ON_READ,
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._waiting: tf.Tensor | None = None  # while a loop that carries votes is traced
+        # This worker's CPU: votes made there are not copied again for the call (a tenth of a ms per call).
+        self.host = tf.DeviceSpec.from_string(strategy.extended.worker_devices[0]).replace(
+            device_type="CPU", device_index=0).to_string()
         self._rode = False
 
     @contextlib.contextmanager

@@ -136,7 +136,6 @@ class Trainer:
         self._num_steps: dict[int, tf.Tensor] = {}
         self._riders: dict[int, RidingVotes] = {}  # by vector size: the votes a loop's call carries (decisions)
         self._rider: RidingVotes | None = None  # ... while a loop that carries them is traced
-        self._no_votes: dict[int, tf.Tensor] = {}
 
     # ----- the run's position -------------------------------------------------------------------
 
@@ -307,16 +306,9 @@ class Trainer:
                 return None
             if votes.shape[0] not in self._riders:
                 self._riders[votes.shape[0]] = RidingVotes(self.strategy, votes.shape[0])
-            return self._train_loop(iterator, self._steps_tensor(num_steps), self._votes_tensor(votes))
-
-    def _votes_tensor(self, votes: np.ndarray) -> tf.Tensor:
-        """`votes` as a tensor; all zeros (nothing asked: most calls), the same one every time, which
-        TensorFlow copies to the worker's device once."""
-        if votes.any():
-            return tf.constant(votes, tf.float32)  # (small integers: a signal's number, a save's flag)
-        if votes.shape[0] not in self._no_votes:
-            self._no_votes[votes.shape[0]] = tf.constant(votes, tf.float32)
-        return self._no_votes[votes.shape[0]]
+            with tf.device(self._riders[votes.shape[0]].host):  # made where the call reads it: no copy
+                votes = tf.constant(votes, tf.float32)
+            return self._train_loop(iterator, self._steps_tensor(num_steps), votes)
 
     @property
     def train_loop_traces(self) -> int:
