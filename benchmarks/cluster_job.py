@@ -6,8 +6,9 @@ Then, in blocks that alternate (ABBA...), with a barrier (one all-reduce) before
 
 1. With --decision, the decision overhead at K=1: bare one-step loop calls (`trainer.run_train_loop`,
    the gradient all-reduce included) against one-step loops as `fit` runs them, each with its
-   decision point (`controller.run_loop`, whose call carries this worker's votes in its gradient
-   all-reduce, then `controller._decide(context, LOOP)`: see `harness.controller`), in pairs
+   decision point (`controller.run_loop`, which carries this worker's votes in the gradient
+   all-reduce of one call in READ_EVERY_STEPS, then `controller._decide(context, LOOP)`: see
+   `harness.controller`), in pairs
    (AB, BA, ...) of blocks of READ_EVERY_STEPS calls (one of which reads the votes), each block
    timed, `--decision_pairs` pairs per round, a barrier before each of `--decision_rounds` rounds;
    per round and kind, the median block. The overhead is their difference over the bare loop. (It

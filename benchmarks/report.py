@@ -391,11 +391,12 @@ METHOD = """\
   its ratio to the first should be 1, and its interval says what this machine can resolve.
 - 2-worker cluster: two real processes on 127.0.0.1 started through `harness.launch`, each one replica
   under MultiWorkerMirroredStrategy (`benchmarks/cluster_job.py`). Blocks alternate (ABBA) with a barrier
-  before each: one-step loops as `fit` runs them (`controller.run_loop`, whose call carries the worker's
-  votes, then its decision point `controller._decide`) against bare one-step loop calls, the difference
-  being the decision's overhead; and, per K, the cluster's K-step loop + decision point against the same
-  on one process with the whole global batch. Wall clock of worker 0 (a collective mostly waits for the
-  other worker).
+  before each: blocks of 8 one-step loops as `fit` runs them (`controller.run_loop`, one call of which
+  carries the worker's votes in its gradient all-reduce, each followed by its decision point
+  `controller._decide`) against blocks of 8 bare one-step loop calls, interleaved (AB, BA), the median
+  block of each kind per round; the difference is the decision's overhead. And, per K, the cluster's
+  K-step loop + decision point against the same on one process with the whole global batch. Wall clock
+  of worker 0 (a collective mostly waits for the other worker).
 - Time to first step: from the training call (the first loop call for the minimal loop) to the end of
   the first step, K=1, after a throwaway warm-up of TensorFlow and Keras in the same process.
 """

@@ -2,8 +2,9 @@
 
 On one worker nothing is communicated (but the same encode/decode runs, so one code path is
 tested everywhere). On several, decisions take one small all-reduce (two when a stop's reason
-travels), or ride on the next training loop's call (`sum_over_workers` inside it: see
-`harness.controller`), and settings are compared through the coordination service at the start.
+travels), or ride in a training loop's gradient all-reduce (`riding_layout`, `summed`: see
+`harness.controller` and `harness.riding_votes`), and settings are compared through the
+coordination service at the start.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ step, or none does; and every worker knows why.
 
 A decision taken on one worker only (its own clock, a signal it received, a callback that
 votes on the chief alone) would leave the others waiting in a collective forever. At each
-decision point the workers' votes go through one small all-reduce: a stop or save asked by
+decision point the workers' votes go through one small all-reduce (or ride in a loop's gradient
+all-reduce: see `harness.controller`): a stop or save asked by
 any worker is taken by all, a learning-rate change takes the chief's value. When a stop is
 agreed, a second all-reduce carries the reason of the lowest-numbered worker that asked, so
 every worker records the same reason. The same vector carries each worker's busy time since
