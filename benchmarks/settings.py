@@ -127,7 +127,7 @@ QUICK = Settings(
             ModelSpec("resnet", (8, 8, 3), 16, epochs=5, slice_seconds=0.015, epoch_seconds=0.25)),
     default_models=("mlp",), probe_seconds=0.2,
     checkpoint_kernel=5000, checkpoint_repeats=1, dispatch_calls=5000, dispatch_repeats=3,
-    cluster=ClusterSpec(steps_per_block=30, rounds=12, steps_per_execution=(1,)),
+    cluster=ClusterSpec(steps_per_block=30, rounds=12, steps_per_execution=(1,), decision_rounds=50),
     curves=CurveSpec(widths=(64, 300, 1000, 3150), checkpoint_repeats=1, cluster_steps_per_execution=(1, 10, 100),
                      throughput=ModelSpec("mlp", (8, 8, 1), 64, epochs=4, slice_seconds=0.015, epoch_seconds=0.2)),
     noise_band=0.03, feature_steps_per_execution=(1,))
