@@ -275,10 +275,8 @@ class Controller:
     def _riding_votes(self) -> np.ndarray:
         """What this worker asks now (a signal, a timed save: both stay asked until acted on), and its busy
         times since it last reported them, to ride on a loop's call (see _agree)."""
-        now = time.monotonic()
-        self._sent = Votes(signal=WATCHER.received, savers={0} if self._timed_save_due() else set(),
-                           seconds=now - self._departed - self._in_loop, loop_seconds=self._in_loop)
-        self._departed, self._in_loop = now, 0.0
+        self._sent = self._local_votes(LOOP)
+        self._departed, self._in_loop = time.monotonic(), 0.0
         return self.maker.encode(self._sent, self.maker.riding_layout)
 
     def _timed_save_due(self) -> bool:
@@ -369,7 +367,7 @@ class Controller:
         if point == EPOCH_BEGIN:
             context.worker_seconds, context.epoch_worker_seconds = (), tuple(0.0 for _ in decision.seconds)
             return
-        if not any(decision.seconds):  # nothing reported here (lagged: an epoch's first call carried no times)
+        if not any(decision.seconds):  # nothing reported here
             return
         context.worker_seconds = decision.seconds
         context.epoch_worker_seconds = tuple(a + b for a, b in zip(context.epoch_worker_seconds or
