@@ -82,7 +82,13 @@ OWN_LOGGERS = ("harness", "callbacks")
 
 
 def configure(show_tensorflow: bool = False) -> None:
-    """Plain lines for the harness's messages; TensorFlow's native and Python logs only with `show_tensorflow`."""
+    """Plain lines for the harness's messages; TensorFlow's native and Python logs only with `show_tensorflow`.
+
+    stdout writes whole lines: unbuffered (the launcher's `PYTHONUNBUFFERED`), a `print` is two writes, and a
+    stderr line passed on between them, in a pipe that carries both, would land inside the printed line.
+    """
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True, write_through=False)
     for name in OWN_LOGGERS:
         logger = logging.getLogger(name)
         if not any(getattr(h, "plain", False) for h in logger.handlers):

@@ -1,5 +1,6 @@
 """TensorFlow's C++ log lines are kept off stderr; every other line, and the last one before exit, passes."""
 
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,15 @@ def test_a_process_with_the_filter_shows_only_its_own_lines_and_the_last_one():
     assert result.returncode == 0
     assert result.stdout == b"out\n"
     assert result.stderr == b"error: the last line\nno newline at the end"
+
+
+def test_stdout_lines_are_never_split_by_log_lines_in_a_pipe_that_carries_both():
+    """The launcher runs workers unbuffered, with stdout and stderr in one pipe; a print is then two writes."""
+    code = (f"import logging, sys; sys.path.insert(0, {ROOT!r}); from harness import console; console.configure(); "
+            f"log = logging.getLogger('harness.t')\n"
+            f"for i in range(3000):\n    print(f'out {{i}} done', flush=True); log.info('log %d done', i)")
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=60)
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 6000 and all(line.endswith(" done") and line.count("done") == 1 for line in lines)
