@@ -139,10 +139,12 @@ class LocalCluster:
         self._teardown: list[tuple[float, int]] | None = None  # (when, signal) still to send once stopping
         self._news: list[str] = []  # a signal handler's lines, written later: its own write could re-enter one
 
-    def _pump(self, task: _Task) -> None:
-        """Copies the task's output with its prefix; bytes, not text, so that no output can stop the copy."""
+    def _pump(self, task: _Task, stream) -> None:
+        """Copies one of the task's streams with its prefix, line by line; bytes, not text, so that no output can
+        stop the copy. stdout and stderr have a pipe each: in one shared pipe an unbuffered `print` (two writes)
+        could be split by another thread's line."""
         in_traceback = False
-        for raw in iter(lambda: task.process.stdout.readline(_MAX_LINE), b""):
+        for raw in iter(lambda: stream.readline(_MAX_LINE), b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             if text.startswith("error: "):
                 task.last_error = text[len("error: "):]
@@ -153,7 +155,7 @@ class LocalCluster:
             with self._lock:
                 self.out.write(f"[{task.name}] {text}\n")
                 self.out.flush()
-        task.process.stdout.close()
+        stream.close()
 
     @staticmethod
     def _reap(task: _Task) -> None:
@@ -170,12 +172,13 @@ class LocalCluster:
                 return
             env = {**os.environ, **(self.env or {}), "TF_CONFIG": tf_config(self.cluster, job, index),
                    "PYTHONUNBUFFERED": "1"}
-            process = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        start_new_session=True)
             task = _Task(f"{job}:{index}", process)
             self._tasks.append(task)
-            for target in (self._pump, self._reap):
-                task.threads.append(threading.Thread(target=target, args=(task,), daemon=True))
+            for target, args in ((self._pump, (task, process.stdout)), (self._pump, (task, process.stderr)),
+                                 (self._reap, (task,))):
+                task.threads.append(threading.Thread(target=target, args=args, daemon=True))
                 task.threads[-1].start()
 
     def signal_all(self, sig: int) -> None:

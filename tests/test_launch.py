@@ -228,6 +228,14 @@ def test_binary_garbage_and_a_very_long_line_do_not_stop_the_output(tmp_path):
     assert max(len(line) for line in lines) < 70_000  # shown in pieces
 
 
+def test_a_tasks_printed_lines_are_never_split_by_its_other_threads_lines(tmp_path):
+    code, output = run_tasks(tmp_path, "*=chatter:3000")
+    assert code == 0, output[-2000:]
+    tasks_lines = [line for line in output.splitlines() if not line.startswith("[launcher] ")]
+    assert len(tasks_lines) == 2 * 2 * 3000
+    assert all(line.endswith(" done") and line.count("done") == 1 for line in tasks_lines)
+
+
 def test_a_task_that_ignores_sigterm_is_killed_in_bounded_time(tmp_path):
     began = time.monotonic()
     code, output = run_tasks(tmp_path, "worker:1=exit:1", "*=ignore:TERM;child;sleep:60")

@@ -14,6 +14,7 @@ to DIR/pids. Actions, `;`-separated, in order:
   child        start a child (in this process group) that ignores SIGTERM and sleeps 60 s
   garbage      print invalid UTF-8, then a 1 MB line, then `after`
   ready        create DIR/ready.<task>
+  chatter:N    print N lines while a thread writes N lines to stderr, as native logs do
 """
 
 import json
@@ -22,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 CHILD = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -30,6 +32,14 @@ CHILD = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); tim
 def append(path, text):
     with open(path, "a") as f:
         f.write(text + "\n")
+
+
+def chatter(count):
+    logs = threading.Thread(target=lambda: [os.write(2, f"log {i} done\n".encode()) for i in range(count)])
+    logs.start()
+    for i in range(count):
+        print(f"out {i} done")  # unbuffered (the launcher's PYTHONUNBUFFERED): the text and its newline, two writes
+    logs.join()
 
 
 def main(directory, *args):
@@ -63,6 +73,8 @@ def main(directory, *args):
         elif verb == "garbage":
             sys.stdout.buffer.write(b"\xff\xfe bad \x00 bytes\n" + b"x" * 1_000_000 + b"\nafter\n")
             sys.stdout.flush()
+        elif verb == "chatter":
+            chatter(int(arg))
         elif verb == "ready":
             open(os.path.join(directory, f"ready.{name}"), "w").close()
         else:
