@@ -53,6 +53,16 @@ class CallbackList:
 
     def __init__(self, callbacks: Iterable[Callback] | Callback = ()):
         self.callbacks = [_as_callback(cb) for cb in _expand(callbacks)]
+        self._listeners: dict[str, list] = {}
+
+    def _listening(self, hook: str) -> list:
+        """The bound `hook` of each callback that has one of its own (the base class's do nothing): a hook
+        runs around every K-step call, and a call of Python code cut short there is a few percent of a small step."""
+        if hook not in self._listeners:
+            base = getattr(Callback, hook)
+            methods = (getattr(cb, hook) for cb in self.callbacks)
+            self._listeners[hook] = [m for m in methods if getattr(m, "__func__", None) is not base]
+        return self._listeners[hook]
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
@@ -69,11 +79,11 @@ class CallbackList:
         raise ValueError(f"{callback!r} is not one of this run's callbacks")
 
     def wants_batch_logs(self, step: int) -> bool:
-        return any(cb.wants_batch_logs(step) for cb in self.callbacks)
+        return any(wants(step) for wants in self._listening("wants_batch_logs"))
 
     def _call(self, hook: str, *args) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(*args)
+        for method in self._listening(hook):
+            method(*args)
 
     def on_train_begin(self, logs=None): self._call("on_train_begin", logs)
     def on_train_end(self, logs=None): self._call("on_train_end", logs)

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EPOCH_BEGIN, LOOP, LAST_LOOP, EPOCH_END = "epoch begin", "loop", "last loop of the epoch", "epoch end"
-NOTHING = Decision()  # what a lagged loop's point decides when no worker asked anything
+NOTHING = Decision()  # what a mid-epoch point decides when no worker asked anything (see Controller._agree)
 READ_EVERY_STEPS = 8  # lagged, a loop that crosses a multiple of this carries the votes (see _agree)
 _fits = itertools.count()  # the n-th fit of this process: the same on every worker of a job
 SETTINGS_TIMEOUT_S = 600.0  # how long a worker waits for the chief to publish its settings
@@ -305,10 +305,13 @@ class Controller:
         """
         arrived, self._arrived = self._arrived, None
         self._shared_votes(votes)
-        if self.lagged and point == LOOP and not votes.ask_anything:
-            if arrived is None:
-                return NOTHING, False
-            return self.maker.riding_layout.decode(self.maker.summed(arrived)), False
+        if point == LOOP and not votes.ask_anything:
+            if self.lagged:
+                if arrived is None:
+                    return NOTHING, False
+                return self.maker.riding_layout.decode(self.maker.summed(arrived)), False
+            if self.cluster.num_workers == 1 and not WATCHER.received and not self._timed_save_due():
+                return NOTHING, False  # alone and nothing asked: most loops of one process, kept short
         local, sent = self._local_votes(point), (self._sent if arrived is not None else Votes())
         votes.signal, votes.savers = votes.signal or local.signal, votes.savers | local.savers
         votes.seconds += local.seconds + sent.seconds
@@ -319,7 +322,7 @@ class Controller:
         """Agrees on this point's votes with every worker and acts on the decision (see the module doc)."""
         votes = context.take_votes()
         decision, agreed = self._agree(votes, point)
-        if decision is NOTHING:  # (lagged, mid-epoch, nothing asked anywhere: most loops, kept short)
+        if decision is NOTHING:  # mid-epoch, nothing asked (anywhere, when lagged): most loops, kept short
             return decision
         if agreed:  # the busy times so far went with it
             self._departed, self._in_loop = time.monotonic(), 0.0

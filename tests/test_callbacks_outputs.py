@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -69,6 +70,16 @@ def test_model_checkpoint_every_n_steps_with_max_to_keep(digits, tmp_path):
     kept = sorted(f[:-len(".index")] for f in files_under(tmp_path / "steps") if f.endswith(".index"))
     assert [k.split("-")[0] for k in kept] == ["step21", "step28"]  # saved at 7, 14, 21, 28; two kept
     assert len(checkpoint.saved) == 2
+
+
+def test_timed_checkpoints_of_one_process_save_mid_epoch_where_the_time_is_up(digits, tmp_path):
+    slow = LambdaCallback(on_train_batch_end=lambda step, logs: time.sleep(0.12))
+    fit(digits, [slow], epochs=1, steps_per_epoch=6, model_dir=str(tmp_path), validation=False,
+        checkpoint_every_n_seconds=0.2, checkpoint_max_to_keep=100)
+    state = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
+    steps = [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
+    # At least every second loop is 0.2 s after the last save (the first also traces); 6 ends the epoch.
+    assert steps[-1] == 6 and len(steps) >= 3, steps
 
 
 def test_model_checkpoint_full_model_is_a_loadable_keras_file(digits, tmp_path):
