@@ -7,7 +7,9 @@ ratio per slice), and a contender could be 20% dearer than its identical copy fo
 epoch. On one CPU the same slice takes 8-9 ms and the noise floor's interval narrows from
 about ±4% to about ±0.5%. Every contender gets the same CPU, so the ratios compare like with
 like; `--all_cpus` measures without it. New threads inherit the mask; leaving the section
-puts every thread back on the CPUs it had.
+puts every thread back on the CPUs it had. Only for one-replica settings: TensorFlow sizes the
+thread pools it creates by the CPUs the process may use, and pinned, Keras fit's step on 2
+mirrored replicas hung (its collective waits for a thread that never comes).
 """
 
 from __future__ import annotations

@@ -375,7 +375,14 @@ METHOD = """\
   last slice holding the epoch end (metrics, callbacks, checkpoint); each contender trains one untimed
   warm-up epoch, then the timed epochs. Clocks: the wall clock and the process's CPU time
   (`time.process_time`: user + system time of all its threads; the waiting contenders are blocked and use
-  none), read when a contender gets its turn and when it hands over.
+  none), read when a contender gets its turn and when it hands over. Unless `--all_cpus`, every thread
+  of the process runs on one CPU while the one-replica (`default`) settings take turns
+  (`benchmarks/one_cpu.py`): on 2 cores TensorFlow's hand-offs between threads cost more across cores,
+  and where the scheduler placed the threads lasted seconds, so a contender could cost 20% more than its
+  identical copy for a whole epoch; pinned, the noise floor's interval narrows from about ±4% to about
+  ±1%, and a small step costs less CPU time (those steps/s are one core's). The `mirrored` settings run
+  on every CPU: pinned, Keras fit's 2-replica step hung (TensorFlow sizes the thread pools it creates by
+  the CPUs the process may use).
 - A ratio is the other contender's cost over the harness's (the harness's speed relative to it), from
   slices paired by epoch and position (they ran within one turn of the scheduler): the median of the
   per-slice ratios of the loop slices and the median of those of the last slices (epoch ends), weighted by
@@ -402,6 +409,17 @@ METHOD = """\
 """
 
 
+def pinning_line(rows: list[Row]) -> str:
+    """Which settings' turns ran with every thread on one CPU (`benchmarks/one_cpu.py`)."""
+    timed = [r for r in rows if r["benchmark"] in ("throughput", "noise_floor")]
+    pinned = sorted({(r["strategy"], r["pinned_cpu"]) for r in timed if r.get("pinned_cpu") is not None})
+    if not pinned:
+        return "- CPUs: every setting's turns ran on every CPU"
+    others = sorted({r["strategy"] for r in timed if r.get("pinned_cpu") is None})
+    where = "; ".join(f"the {name} settings' turns ran with every thread on CPU {cpu}" for name, cpu in pinned)
+    return f"- CPUs: {where} (`benchmarks/one_cpu.py`)" + (f"; {', '.join(others)} on every CPU" if others else "")
+
+
 def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str, plots: list[str] = ()) -> str:
     """The report; `plots` are image paths relative to where the Markdown file goes."""
     load = machine.get("load_average") or [float("nan")] * 3
@@ -412,7 +430,7 @@ def markdown(rows: list[Row], machine: dict[str, Any], settings_name: str, plots
            f"{load_end[2]:.2f} at the end (1 / 5 / 15 min)",
            f"- Date: {machine['date']}; TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, "
            f"Python {machine['python']}; harness commit {machine['harness_commit']}; took {machine.get('seconds')} s",
-           f"- Command: `{machine['command']}`", "",
+           f"- Command: `{machine['command']}`", pinning_line(rows), "",
            "## Verdicts", "", *(f"- `{line}`" for line in verdicts(rows)), ""]
     if any(r["benchmark"] == "throughput" for r in rows):
         out += ["## Training throughput", "",

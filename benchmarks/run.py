@@ -90,8 +90,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", choices=settings.STRATEGIES, help="only these strategies")
     parser.add_argument("--steps_per_execution", nargs="+", type=int, help="only these K (default: 1 10 100)")
     parser.add_argument("--all_cpus", action="store_true",
-                        help="let the throughput sweep use every CPU (default: all its threads on one CPU, "
-                             "which resolves its ratios far more finely; see benchmarks/one_cpu.py)")
+                        help="let the one-replica settings of the throughput sweep use every CPU (default: all "
+                             "the threads on one CPU, which resolves their ratios far more finely; see "
+                             "benchmarks/one_cpu.py)")
     parser.add_argument("--skip", nargs="+", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--workdir", help="where the runs write checkpoints and logs (default: a temporary "
                                           "directory, deleted afterwards)")
@@ -130,24 +131,23 @@ def warm_up(chosen: settings.Settings, workdir: str) -> None:
             throughput.build(name, workload, os.path.join(workdir, "warm-up", strategy_name, name)).first_step()
 
 
-def measure(args: argparse.Namespace, chosen: settings.Settings, workdir: str) -> tuple[list[dict], int | None]:
-    """The rows, and the CPU the contenders' turns ran on (None: every CPU)."""
+def measure(args: argparse.Namespace, chosen: settings.Settings, workdir: str) -> list[dict]:
     rows: list[dict] = []
     if chosen.warm_up:
         log(f"benchmarks ({chosen.name}): warming up")
         warm_up(chosen, workdir)
     with_noise = "noise" not in args.skip
-    with one_cpu.one_cpu(not args.all_cpus) as cpu:
-        if cpu is not None and ("throughput" not in args.skip or with_noise):
-            log(f"the contenders' turns run with every thread on CPU {cpu}")
-        if "throughput" not in args.skip:
-            throughput_rows, first_steps, noise = throughput.run(chosen, workdir, log, with_noise=with_noise)
-            rows += noise + throughput_rows + first_steps
-        elif with_noise:
-            spec = chosen.model("mlp")
-            log("noise floor: the minimal loop against a copy of itself, default / mlp, K=1")
-            rows += noise_floor.run(Workload("default", harness.build_strategy("default"), spec), 1,
+    if "throughput" not in args.skip:
+        throughput_rows, first_steps, noise = throughput.run(chosen, workdir, log, with_noise=with_noise,
+                                                             pin=not args.all_cpus)
+        rows += noise + throughput_rows + first_steps
+    elif with_noise:
+        spec = chosen.model("mlp")
+        log("noise floor: the minimal loop against a copy of itself, default / mlp, K=1")
+        with one_cpu.one_cpu(not args.all_cpus) as cpu:
+            noise = noise_floor.run(Workload("default", harness.build_strategy("default"), spec), 1,
                                     chosen.probe_seconds, chosen.noise_band, workdir, log)
+        rows += [{**row, "pinned_cpu": cpu} for row in noise]
     if "cluster" not in args.skip:
         log(f"2-worker cluster on 127.0.0.1: decision point at K=1, cluster / one process at K="
             f"{', '.join(map(str, chosen.cluster.steps_per_execution))}")
@@ -162,7 +162,7 @@ def measure(args: argparse.Namespace, chosen: settings.Settings, workdir: str) -
                              chosen.dispatch_repeats, workdir, log)
     if chosen.with_curves and "curves" not in args.skip:
         rows += curves.run(chosen.curves, chosen.probe_seconds, workdir, log)
-    return rows, cpu
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -181,14 +181,14 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     load = [round(x, 2) for x in os.getloadavg()]
     try:
-        rows, turns_cpu = measure(args, chosen, workdir)
+        rows = measure(args, chosen, workdir)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     about = machine.describe(ROOT, [sys.argv[0], *argv])
     about.update(benchmark="machine", settings=chosen.name, seconds=round(time.monotonic() - started, 1),
-                 num_cpu_devices=NUM_CPU_DEVICES, turns_on_cpu=turns_cpu,
-                 measure=settings.PRIMARY_CLOCK, load_average=load,
+                 num_cpu_devices=NUM_CPU_DEVICES, measure=settings.PRIMARY_CLOCK,
+                 load_average=load,
                  load_average_end=[round(x, 2) for x in os.getloadavg()])
     lines = report.verdicts(rows)
     rows += [{"benchmark": "verdict", "passed": line.startswith("VERDICT PASS"), "line": line} for line in lines]

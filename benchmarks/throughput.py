@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import harness
-from benchmarks import interleave, noise_floor
+from benchmarks import interleave, noise_floor, one_cpu
 from benchmarks.failures import describe
 from benchmarks.harness_fit import HarnessFit
 from benchmarks.interleave import Pacer
@@ -185,30 +185,45 @@ def build_all(workload: Workload, names: tuple[str, ...], workdir: str,
 
 
 def run(settings: Settings, workdir: str, log: Callable[[str], None] = _log,
-        with_noise: bool = True) -> tuple[list[Row], list[Row], list[Row]]:
+        with_noise: bool = True, pin: bool = True) -> tuple[list[Row], list[Row], list[Row]]:
     """(throughput rows, first-step rows, noise-floor rows): the noise floor is a second minimal loop in the
-    first setting of the sweep, taking its turns with the others."""
+    first setting of the sweep, taking its turns with the others. With `pin`, the one-replica settings run
+    on one CPU (`benchmarks.one_cpu`; rows say which in `pinned_cpu`)."""
     rows: list[Row] = []
     first_steps: list[Row] = []
     noise: list[Row] = []
     shift = 0
     for strategy_name in settings.strategies:
-        strategy = harness.build_strategy(strategy_name, num_cpu_devices=2)
-        for spec in settings.chosen_models():
-            workload = Workload(strategy_name, strategy, spec)
-            log(f"throughput: {strategy_name} / {spec.name} (global batch {spec.global_batch_size}, "
-                f"{spec.epochs} timed epochs per setting)")
-            names = CONTENDERS + tuple(FEATURE_CONTENDERS) + ((NOISE_CONTENDER,) if with_noise and not noise else ())
-            contenders, errors, f = build_all(workload, names, workdir, log)
-            first_steps += f
-            for k in settings.steps_per_execution:
-                chosen = {n: c for n, c in contenders.items() if (n != NOISE_CONTENDER or not noise)
-                          and (n not in FEATURE_CONTENDERS or k in settings.feature_steps_per_execution)}
-                by_name, pacers = measure(workload, chosen, k, spec, errors, settings.probe_seconds, shift, log)
-                if NOISE_CONTENDER in by_name:
-                    noise.append(noise_floor.row(workload, k, by_name, pacers, settings.noise_band))
-                    noise_floor.log_row(noise[-1], log)
-                    by_name.pop(NOISE_CONTENDER)
-                rows += by_name.values()
-                shift += 1
+        with one_cpu.one_cpu(pin and strategy_name == "default") as cpu:
+            if cpu is not None:
+                log(f"{strategy_name}: the contenders' turns run with every thread on CPU {cpu}")
+            done = len(rows), len(noise)
+            shift = _sweep_strategy(settings, strategy_name, workdir, log, with_noise, rows, first_steps, noise,
+                                    shift)
+            for row in rows[done[0]:] + noise[done[1]:]:
+                row["pinned_cpu"] = cpu
     return rows, first_steps, noise
+
+
+def _sweep_strategy(settings: Settings, strategy_name: str, workdir: str, log: Callable[[str], None],
+                    with_noise: bool, rows: list[Row], first_steps: list[Row], noise: list[Row], shift: int) -> int:
+    """Every model and K of one strategy; appends to the lists, returns the next order shift."""
+    strategy = harness.build_strategy(strategy_name, num_cpu_devices=2)
+    for spec in settings.chosen_models():
+        workload = Workload(strategy_name, strategy, spec)
+        log(f"throughput: {strategy_name} / {spec.name} (global batch {spec.global_batch_size}, "
+            f"{spec.epochs} timed epochs per setting)")
+        names = CONTENDERS + tuple(FEATURE_CONTENDERS) + ((NOISE_CONTENDER,) if with_noise and not noise else ())
+        contenders, errors, f = build_all(workload, names, workdir, log)
+        first_steps += f
+        for k in settings.steps_per_execution:
+            chosen = {n: c for n, c in contenders.items() if (n != NOISE_CONTENDER or not noise)
+                      and (n not in FEATURE_CONTENDERS or k in settings.feature_steps_per_execution)}
+            by_name, pacers = measure(workload, chosen, k, spec, errors, settings.probe_seconds, shift, log)
+            if NOISE_CONTENDER in by_name:
+                noise.append(noise_floor.row(workload, k, by_name, pacers, settings.noise_band))
+                noise_floor.log_row(noise[-1], log)
+                by_name.pop(NOISE_CONTENDER)
+            rows += by_name.values()
+            shift += 1
+    return shift

@@ -8,14 +8,16 @@ never a speed.
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import threading
 import types
 
 import numpy as np
 import pytest
 
-from benchmarks import interleave, report, targets
+from benchmarks import interleave, one_cpu, report, targets
 from tests.conftest import ROOT, run_script
 
 CURVE_CONTENDERS = ("minimal", "minimal_checkpoint", "harness", "keras")
@@ -41,6 +43,27 @@ def is_interval(ci, median):
 
 
 # ----- statistics, turns and verdicts (no training) -------------------------------------------------------------
+
+
+def test_one_cpu_pins_every_thread_and_new_ones_and_puts_them_back():
+    if not one_cpu.available():
+        pytest.skip("no sched_setaffinity here")
+    before = os.sched_getaffinity(0)
+    waiting, stop = threading.Thread(target=lambda: stop.wait()), threading.Event()
+    waiting.start()
+    with one_cpu.one_cpu() as cpu:
+        assert cpu == max(before)
+        born_inside = {}
+        child = threading.Thread(target=lambda: born_inside.update(mask=os.sched_getaffinity(0)))
+        child.start()
+        child.join()
+        assert born_inside["mask"] == {cpu}
+        assert os.sched_getaffinity(waiting.native_id) == os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(waiting.native_id) == os.sched_getaffinity(0) == before
+    stop.set()
+    waiting.join()
+    with one_cpu.one_cpu(enabled=False) as cpu:
+        assert cpu is None and os.sched_getaffinity(0) == before
 
 
 def test_bootstrap_interval_of_the_median():
@@ -171,6 +194,8 @@ def test_tiny_run_produces_every_row(tiny):
             assert row["steps_per_sec"] is None and row["error"], row
         if key[3] != "keras":  # only Keras fit is allowed to fail (on 2 replicas with K > 1)
             assert row["status"] == "ok", row
+        assert (row["pinned_cpu"] is not None) == (key[0] == "default"), row  # one CPU: one-replica settings only
+    assert "the default settings' turns ran with every thread on CPU" in stdout and "mirrored on every CPU" in stdout
 
     for (strategy, model, k, contender), row in throughput.items():
         if contender == "harness":
