@@ -5,7 +5,7 @@ cost more when they cross cores, and where the scheduler places the threads last
 a 12-call slice of the minimal MLP loop took 12-21 ms of CPU time (a 17% spread of the paired
 ratio per slice), and a contender could be 20% dearer than its identical copy for a whole
 epoch. On one CPU the same slice takes 8-9 ms and the noise floor's interval narrows from
-about ±4% to about ±0.5%. Every contender gets the same CPU, so the ratios compare like with
+about ±4% to about ±1%. Every contender gets the same CPU, so the ratios compare like with
 like; `--all_cpus` measures without it. New threads inherit the mask; leaving the section
 puts every thread back on the CPUs it had. Only for one-replica settings: TensorFlow sizes the
 thread pools it creates by the CPUs the process may use, and pinned, Keras fit's step on 2

@@ -187,8 +187,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     about = machine.describe(ROOT, [sys.argv[0], *argv])
     about.update(benchmark="machine", settings=chosen.name, seconds=round(time.monotonic() - started, 1),
-                 num_cpu_devices=NUM_CPU_DEVICES, measure=settings.PRIMARY_CLOCK,
-                 load_average=load,
+                 num_cpu_devices=NUM_CPU_DEVICES, measure=settings.PRIMARY_CLOCK, load_average=load,
                  load_average_end=[round(x, 2) for x in os.getloadavg()])
     lines = report.verdicts(rows)
     rows += [{"benchmark": "verdict", "passed": line.startswith("VERDICT PASS"), "line": line} for line in lines]
